@@ -1,0 +1,1 @@
+"""One module per CLI command; specllm.cli wires them into the app."""

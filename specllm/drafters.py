@@ -1,0 +1,201 @@
+"""Drafters propose the next tokens; the target decides which of them stand.
+
+A drafter sees the token history (prompt + everything emitted so far) and returns a `Draft`:
+up to k token ids and, for a model draft, the distribution q each one was drawn from (for
+speculative sampling). An n-gram draft has no q: its tokens are point masses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from .llama import Context, common_prefix_length
+from .sampling import SamplingParams, greedy, logits_to_probs, sample, softmax
+
+
+@dataclass
+class Draft:
+    tokens: list[int] = field(default_factory=list)
+    # q for each drafted token over the target's vocabulary; None for point-mass drafts.
+    probs: list[np.ndarray] | None = None
+    source: str = "none"  # "model", "ngram" or "none"
+    # The draft model's probability of each drafted token (auto mode's acceptance signal).
+    confidence: list[float] | None = None
+    ngram_size: int = 0  # for n-gram drafts: the length of the match
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def prefix(self, k: int) -> "Draft":
+        return Draft(
+            tokens=self.tokens[:k],
+            probs=self.probs[:k] if self.probs is not None else None,
+            source=self.source if k else "none",
+            confidence=self.confidence[:k] if self.confidence is not None else None,
+            ngram_size=self.ngram_size,
+        )
+
+
+NO_DRAFT = Draft()
+
+# Called after each drafted token with (position in the draft, draft's probability of the
+# token); returning False stops drafting. Auto mode uses it to stop when one more draft token
+# is not worth its cost.
+KeepDrafting = Callable[[int, float], bool]
+
+
+class Drafter(Protocol):
+    name: str
+
+    def begin(self, prompt: Sequence[int]) -> None:
+        """A new generation starts from `prompt` (lets a model drafter prefill its cache)."""
+
+    def propose(
+        self, history: Sequence[int], k: int, rng: np.random.Generator, keep_drafting: KeepDrafting | None = None
+    ) -> Draft:
+        """Up to k tokens that might follow `history`."""
+
+
+class ModelDrafter:
+    """A smaller model of the same vocabulary, on its own llama.cpp context.
+
+    Its KV cache is kept in step with the target's history lazily: each round it keeps the
+    longest prefix it shares with the history (dropping its rejected drafts) and decodes only
+    the tokens it has not seen. It is never re-prefilled.
+    """
+
+    name = "model"
+
+    def __init__(
+        self,
+        context: Context,
+        params: SamplingParams,
+        n_target_vocab: int,
+        suppressed: Sequence[int] = (),
+    ):
+        self.context = context
+        self.params = params
+        # Draft ids the target does not have (a padded draft vocabulary) are never proposed;
+        # q is reported over the target's ids.
+        self.n_target_vocab = n_target_vocab
+        self.n_shared = min(n_target_vocab, context.n_vocab)
+        self.suppressed = np.asarray([t for t in suppressed if t < self.n_shared], dtype=np.int64)
+
+    def begin(self, prompt: Sequence[int]) -> None:
+        self._sync(prompt[:-1])
+
+    def _sync(self, tokens: Sequence[int]) -> None:
+        ctx = self.context
+        ctx.truncate(common_prefix_length(ctx.tokens, tokens))
+        missing = list(tokens[ctx.n_past :])
+        if missing:
+            ctx.decode(missing)
+
+    def propose(
+        self, history: Sequence[int], k: int, rng: np.random.Generator, keep_drafting: KeepDrafting | None = None
+    ) -> Draft:
+        ctx = self.context
+        k = min(k, ctx.room - len(history) + ctx.n_past - 1)
+        if k <= 0 or len(history) > ctx.n_ctx:
+            return NO_DRAFT
+        # Keep all but the last history token, then decode it to get the next logits.
+        self._sync(history[:-1])
+        logits = ctx.decode([history[-1]])[0]
+        draft = Draft(source="model", probs=None if self.params.greedy else [], confidence=[])
+        for i in range(k):
+            row = self._restrict(logits)
+            if self.params.greedy:
+                token = greedy(row)
+                # The softmax costs a pass over the vocabulary: only when someone listens.
+                confidence = float(softmax(row)[token]) if keep_drafting else 1.0
+            else:
+                q = logits_to_probs(row, self.params)
+                token = sample(q, rng)
+                confidence = float(q[token])
+                draft.probs.append(q)
+            draft.tokens.append(token)
+            draft.confidence.append(confidence)
+            if ctx.model.vocab.is_eog(token) or i == k - 1:
+                break
+            if keep_drafting is not None and not keep_drafting(i, confidence):
+                break
+            logits = ctx.decode([token])[0]
+        return draft
+
+    def _restrict(self, logits: np.ndarray) -> np.ndarray:
+        """The draft's logits over the target's ids: drop ids the target lacks, pad ids only the target has."""
+        row = np.full(self.n_target_vocab, -np.inf, dtype=np.float32)
+        row[: self.n_shared] = logits[: self.n_shared]
+        if self.suppressed.size:
+            row[self.suppressed] = -np.inf
+        return row
+
+
+class NgramDrafter:
+    """Prompt lookup: find the latest earlier occurrence of the last n tokens, propose what followed.
+
+    Pure function of the token history, no model. Sizes are tried longest first; a longer match
+    is more likely to continue the same way. An index from n-gram to its latest position is
+    extended incrementally, so a lookup costs O(1) rather than a scan of the history.
+    """
+
+    name = "ngram"
+
+    def __init__(self, sizes: Sequence[int] = (4, 3, 2)):
+        if not sizes or min(sizes) < 1:
+            raise ValueError("n-gram sizes must be >= 1")
+        self.sizes = sorted(set(sizes), reverse=True)
+        self._history: list[int] = []
+        # n -> {ngram: start index of its latest occurrence that has a continuation}
+        self._latest: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in self.sizes}
+
+    def begin(self, prompt: Sequence[int]) -> None:
+        self._history = []
+        self._latest = {n: {} for n in self.sizes}
+
+    def _index(self, history: Sequence[int]) -> None:
+        if history[: len(self._history)] != self._history:
+            self.begin(history)
+        start = len(self._history)
+        # An n-gram ending at position j-1 (start j-n) can be looked up once token j exists,
+        # i.e. once it has a continuation. The final n-gram is the query, not a candidate.
+        for n, table in self._latest.items():
+            for j in range(max(n, start), len(history)):
+                table[tuple(history[j - n : j])] = j - n
+        self._history = list(history)
+
+    def lookup(self, history: Sequence[int], k: int) -> tuple[list[int], int]:
+        """(proposed tokens, n-gram size that matched); ([], 0) when nothing matches."""
+        self._index(history)
+        for n in self.sizes:
+            if len(history) <= n:
+                continue
+            start = self._latest[n].get(tuple(history[-n:]))
+            if start is not None:
+                continuation = history[start + n : start + n + k]
+                if continuation:
+                    return list(continuation), n
+        return [], 0
+
+    def propose(
+        self, history: Sequence[int], k: int, rng: np.random.Generator, keep_drafting: KeepDrafting | None = None
+    ) -> Draft:
+        tokens, size = self.lookup(history, k)
+        return Draft(tokens=tokens, source="ngram", ngram_size=size) if tokens else NO_DRAFT
+
+
+class NoDrafter:
+    """Plain decoding through the same loop: never drafts."""
+
+    name = "none"
+
+    def begin(self, prompt: Sequence[int]) -> None:
+        pass
+
+    def propose(
+        self, history: Sequence[int], k: int, rng: np.random.Generator, keep_drafting: KeepDrafting | None = None
+    ) -> Draft:
+        return NO_DRAFT

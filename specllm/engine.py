@@ -1,0 +1,194 @@
+"""Loads the target (and draft) once and runs generations on them.
+
+The CLI builds an `EngineConfig`, the engine turns it into llama.cpp models, contexts and a
+draft policy, and each `generate` call returns a `Generation` to iterate.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from . import llama
+from .drafters import ModelDrafter, NgramDrafter, NoDrafter
+from .errors import IncompatibleModelsError, UsageError
+from .sampling import SamplingParams
+from .speculative import DraftPolicy, FixedPolicy, Generation
+
+DEFAULT_K = 4
+DEFAULT_NGRAM_SIZES = (4, 3, 2)
+DEFAULT_CTX_SIZE = 4096
+
+
+def cost_profile_path() -> Path:
+    cache = os.environ.get("SPECLLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "specllm")
+    return Path(cache) / "costs.json"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    target: str  # resolved path
+    draft: Optional[str] = None  # resolved path
+    mode: str = "auto"
+    k: int = DEFAULT_K
+    ngram_sizes: tuple[int, ...] = DEFAULT_NGRAM_SIZES
+    ctx_size: int = DEFAULT_CTX_SIZE
+    draft_ctx_size: Optional[int] = None
+    threads: Optional[int] = None
+    draft_threads: Optional[int] = None
+    n_gpu_layers: int = 0
+    draft_n_gpu_layers: Optional[int] = None
+    cross_vocab: bool = False
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt's settings; --jsonl lines may override them."""
+
+    max_tokens: Optional[int] = 256
+    params: SamplingParams = SamplingParams()
+    seed: Optional[int] = None
+    chat: bool = False
+    ignore_eos: bool = False
+    truncate: bool = False
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, *, warnings: Optional[list[str]] = None):
+        if config.mode == "draft" and not config.draft:
+            raise UsageError("--mode draft needs a draft model (-md)")
+        self.config = config
+        self.warnings: list[str] = warnings if warnings is not None else []
+        self.target_model = llama.Model(config.target, n_gpu_layers=config.n_gpu_layers)
+        self.target = llama.Context(self.target_model, n_ctx=config.ctx_size, n_threads=config.threads)
+        self.draft_model: Optional[llama.Model] = None
+        self.draft: Optional[llama.Context] = None
+        if config.draft and config.mode in ("draft", "auto"):
+            self._load_draft()
+        if config.mode == "auto":
+            self._prepare_auto()
+        needs_rollback = config.mode != "none"
+        if needs_rollback and not self.target_model.has_partial_kv_removal:
+            raise IncompatibleModelsError(
+                f"{self.target_model.name} is a recurrent/hybrid model: its cache cannot be rolled back "
+                "after rejected drafts, so speculative decoding would be wrong",
+                hint="use --mode none",
+            )
+
+    def _load_draft(self) -> None:
+        from .compat import ensure_compatible
+
+        cfg = self.config
+        ngl = cfg.n_gpu_layers if cfg.draft_n_gpu_layers is None else cfg.draft_n_gpu_layers
+        self.draft_model = llama.Model(cfg.draft, n_gpu_layers=ngl)
+        self.compatibility = ensure_compatible(self.target_model, self.draft_model)
+        self.warnings.extend(self.compatibility.warnings)
+        if not self.draft_model.has_partial_kv_removal:
+            raise IncompatibleModelsError(f"draft {self.draft_model.name} is recurrent/hybrid: its cache cannot be rolled back")
+        self.draft = llama.Context(
+            self.draft_model,
+            n_ctx=cfg.draft_ctx_size or cfg.ctx_size,
+            n_threads=cfg.draft_threads or cfg.threads,
+        )
+
+    @property
+    def mode(self) -> str:
+        return self.config.mode
+
+    def tokenize_prompt(self, text: str, request: Request) -> list[int]:
+        if not text.strip():
+            raise UsageError("the prompt is empty")
+        if request.chat:
+            text = self.target_model.apply_chat_template(text)
+        tokens = self.target_model.vocab.tokenize(text, add_special=True, parse_special=True)
+        if not tokens:
+            raise UsageError("the prompt has no tokens")
+        if request.truncate:
+            # Keep the end of the prompt and leave room to generate.
+            room_to_generate = max(1, min(request.max_tokens or 1, self.target.n_ctx // 4))
+            keep = self.target.n_ctx - room_to_generate
+            if len(tokens) > keep:
+                tokens = tokens[-keep:]
+        return tokens
+
+    def make_policy(self, request: Request) -> DraftPolicy:
+        cfg = self.config
+        if cfg.mode == "none":
+            return FixedPolicy(NoDrafter(), 0, mode="none")
+        if cfg.mode == "ngram":
+            return FixedPolicy(NgramDrafter(cfg.ngram_sizes), cfg.k, mode="ngram")
+        model_drafter = self._model_drafter(request)
+        if cfg.mode == "draft":
+            return FixedPolicy(model_drafter, cfg.k, mode="draft")
+        from .auto import AutoPolicy
+
+        return AutoPolicy(NgramDrafter(cfg.ngram_sizes), model_drafter, max_k=cfg.k, costs=self.costs,
+                          learned=self.learned)
+
+    def _model_drafter(self, request: Request) -> Optional[ModelDrafter]:
+        if self.draft is None:
+            return None
+        # Shared ids whose texts differ would be verified as something else: never propose them.
+        suppressed = list(self.compatibility.masked_ids)
+        if request.ignore_eos:
+            suppressed += self._eog_ids(self.draft_model)
+        return ModelDrafter(self.draft, request.params, self.target_model.vocab.n_tokens, suppressed)
+
+    @staticmethod
+    def _eog_ids(model: llama.Model) -> list[int]:
+        return [t for t in range(model.vocab.n_tokens) if model.vocab.is_eog(t)]
+
+    def _prepare_auto(self) -> None:
+        """Auto mode's knowledge: this machine's measured costs (calibrated once, then cached
+        per models and settings) and what it learns about acceptance, shared by generations."""
+        from .auto import CostModel, Learned
+
+        self.costs = CostModel()
+        self.learned = Learned()
+        cfg = self.config
+        key = "|".join(str(x) for x in (
+            self.target_model.name, self.target_model.size_bytes, cfg.threads or os.cpu_count(), cfg.n_gpu_layers,
+            self.draft_model.name if self.draft_model else "-", cfg.draft_threads, cfg.draft_n_gpu_layers, cfg.k,
+        ))
+        profile = cost_profile_path()
+        if not self.costs.load(profile, key):
+            self.costs.calibrate(self.target, self.draft, max_batch=cfg.k + 1)
+            self.costs.save(profile, key)
+
+    def generate(self, prompt: Sequence[int], request: Request) -> Generation:
+        rng = np.random.default_rng(request.seed)
+        return Generation(
+            self.target,
+            self.make_policy(request),
+            prompt,
+            params=request.params,
+            max_tokens=request.max_tokens,
+            rng=rng,
+            ignore_eos=request.ignore_eos,
+        )
+
+    def close(self) -> None:
+        for obj in (self.draft, self.target, self.draft_model, self.target_model):
+            if obj is not None:
+                obj.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def with_overrides(request: Request, overrides: dict) -> Request:
+    """A request with a --jsonl line's per-prompt settings applied."""
+    params = request.params
+    p_fields = {"temp": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p"}
+    param_updates = {p_fields[k]: v for k, v in overrides.items() if k in p_fields}
+    if param_updates:
+        params = replace(params, **param_updates)
+    req_fields = {"max_tokens", "seed", "chat", "ignore_eos", "truncate"}
+    return replace(request, params=params, **{k: v for k, v in overrides.items() if k in req_fields})

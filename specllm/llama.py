@@ -1,0 +1,373 @@
+"""A thin typed layer over llama.cpp's C API (`llama_cpp.llama_cpp`).
+
+This is the only module that touches ctypes. It gives the rest of specllm three things:
+`Model` (weights + vocabulary), `Vocab` (tokenize, token bytes, end-of-generation) and
+`Context` (a KV cache that knows which tokens it holds: decode a batch, read logits as a
+zero-copy numpy view, truncate after rejected drafts).
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+import llama_cpp.llama_cpp as C
+
+from .errors import ContextFullError, DecodeError, ModelLoadError
+
+GGUF_MAGIC = b"GGUF"
+
+VOCAB_TYPE_NAMES = {0: "none", 1: "spm", 2: "bpe", 3: "wpm", 4: "ugm", 5: "rwkv", 6: "plamo2"}
+
+# llama.cpp talks a lot while loading. We keep its last lines so that a failed load can say
+# why (e.g. "unknown model architecture"), and print them only with --verbose.
+_log_tail: collections.deque[str] = collections.deque(maxlen=64)
+_verbose = False
+_backend_ready = False
+
+
+@C.llama_log_callback
+def _on_llama_log(level: int, text: bytes | None, user_data: ctypes.c_void_p) -> None:
+    message = text.decode("utf-8", "replace") if text else ""
+    _log_tail.append(message)
+    if _verbose:
+        sys.stderr.write(message)
+
+
+def set_verbose(verbose: bool) -> None:
+    """Show llama.cpp's own log on stderr (off by default)."""
+    global _verbose
+    _verbose = verbose
+    _ensure_backend()
+
+
+def _ensure_backend() -> None:
+    global _backend_ready
+    if not _backend_ready:
+        C.llama_backend_init()
+        _backend_ready = True
+    # llama-cpp-python installs its own logger on import; ours replaces it.
+    C.llama_log_set(_on_llama_log, ctypes.c_void_p(0))
+
+
+def _llama_failure_reason() -> str:
+    """The most telling line llama.cpp logged during the last failed call."""
+    lines = [line.strip() for line in _log_tail if line.strip()]
+    for keyword in ("error", "failed", "unknown", "invalid", "cannot", "unable"):
+        for line in reversed(lines):
+            if keyword in line.lower():
+                return line
+    return lines[-1] if lines else "llama.cpp gave no reason"
+
+
+def check_gguf_file(path: Path) -> None:
+    """Refuse paths llama.cpp would choke on, with a message a user can act on."""
+    if not path.exists():
+        raise ModelLoadError(f"model file not found: {path}")
+    if path.is_dir():
+        raise ModelLoadError(f"model path is a directory, not a GGUF file: {path}")
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ModelLoadError(f"cannot read model file {path}: {e.strerror}") from None
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(
+            f"not a GGUF file: {path}",
+            hint="specllm loads llama.cpp GGUF models (convert others with llama.cpp's convert_hf_to_gguf.py)",
+        )
+
+
+class Vocab:
+    """A model's vocabulary: text <-> token ids, special tokens."""
+
+    def __init__(self, vocab_ptr: C.llama_vocab_p):
+        self._ptr = vocab_ptr
+        self.n_tokens: int = C.llama_vocab_n_tokens(vocab_ptr)
+        self.type: int = C.llama_vocab_type(vocab_ptr)
+        self.bos: int = C.llama_vocab_bos(vocab_ptr)
+        self.eos: int = C.llama_vocab_eos(vocab_ptr)
+        self.eot: int = C.llama_vocab_eot(vocab_ptr)
+        self.add_bos: bool = bool(C.llama_vocab_get_add_bos(vocab_ptr))
+        self._pieces: list[bytes | None] = [None] * self.n_tokens
+        self._piece_buf = ctypes.create_string_buffer(256)
+
+    @property
+    def type_name(self) -> str:
+        return VOCAB_TYPE_NAMES.get(self.type, str(self.type))
+
+    def tokenize(self, text: str | bytes, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8") if isinstance(text, str) else text
+        capacity = len(data) + 8
+        while True:
+            buf = (C.llama_token * capacity)()
+            n = C.llama_tokenize(self._ptr, data, len(data), buf, capacity, add_special, parse_special)
+            if n >= 0:
+                return list(buf[:n])
+            capacity = -n
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for (control tokens rendered as their text). Cached."""
+        cached = self._pieces[token]
+        if cached is not None:
+            return cached
+        n = C.llama_token_to_piece(self._ptr, token, self._piece_buf, len(self._piece_buf), 0, True)
+        if n < 0:
+            self._piece_buf = ctypes.create_string_buffer(-n)
+            n = C.llama_token_to_piece(self._ptr, token, self._piece_buf, len(self._piece_buf), 0, True)
+        piece = self._piece_buf.raw[:n]
+        self._pieces[token] = piece
+        return piece
+
+    def detokenize(self, tokens: Sequence[int]) -> bytes:
+        return b"".join(self.piece(t) for t in tokens)
+
+    def text(self, token: int) -> bytes:
+        """The token's text as stored in the vocabulary (e.g. 'Ġthe'), for comparing vocabularies."""
+        raw = C.llama_vocab_get_text(self._ptr, token)
+        return raw if raw is not None else b""
+
+    def is_eog(self, token: int) -> bool:
+        return bool(C.llama_vocab_is_eog(self._ptr, token))
+
+
+class Model:
+    """GGUF weights loaded by llama.cpp. `vocab_only` loads just the vocabulary (fast, no weights)."""
+
+    def __init__(self, path: str | os.PathLike, *, n_gpu_layers: int = 0, vocab_only: bool = False):
+        self.path = Path(path)
+        check_gguf_file(self.path)
+        _ensure_backend()
+        params = C.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        params.vocab_only = vocab_only
+        _log_tail.clear()
+        ptr = C.llama_model_load_from_file(str(self.path).encode(), params)
+        if not ptr:
+            size_mib = self.path.stat().st_size / 2**20
+            raise ModelLoadError(
+                f"cannot load {self.path.name} ({size_mib:.0f} MiB): {_llama_failure_reason()}",
+                hint="run with --verbose to see llama.cpp's log",
+            )
+        self._ptr = ptr
+        self.vocab = Vocab(C.llama_model_get_vocab(ptr))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def description(self) -> str:
+        buf = ctypes.create_string_buffer(256)
+        n = C.llama_model_desc(self._ptr, buf, len(buf))
+        return buf.value[: max(n, 0)].decode("utf-8", "replace")
+
+    @property
+    def n_params(self) -> int:
+        return int(C.llama_model_n_params(self._ptr))
+
+    @property
+    def size_bytes(self) -> int:
+        return int(C.llama_model_size(self._ptr))
+
+    @property
+    def n_ctx_train(self) -> int:
+        return int(C.llama_model_n_ctx_train(self._ptr))
+
+    @property
+    def n_layer(self) -> int:
+        return int(C.llama_model_n_layer(self._ptr))
+
+    @property
+    def has_partial_kv_removal(self) -> bool:
+        """Recurrent and hybrid models keep a state that cannot be cut back to an earlier position."""
+        return not (C.llama_model_is_recurrent(self._ptr) or C.llama_model_is_hybrid(self._ptr))
+
+    def metadata(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(512)
+        n = C.llama_model_meta_val_str(self._ptr, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            C.llama_model_meta_val_str(self._ptr, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace")
+
+    def apply_chat_template(self, user_message: str) -> str:
+        """Wrap one user message in the model's chat template, ready for the assistant's answer."""
+        template = C.llama_model_chat_template(self._ptr, None)
+        if not template:
+            raise ModelLoadError(f"{self.name} has no chat template; drop --chat")
+        message = (C.llama_chat_message * 1)()
+        content = user_message.encode("utf-8")
+        message[0].role = b"user"
+        message[0].content = content
+        capacity = 2 * len(content) + 1024
+        while True:
+            buf = ctypes.create_string_buffer(capacity)
+            n = C.llama_chat_apply_template(template, message, 1, True, buf, capacity)
+            if n < 0:
+                raise ModelLoadError(f"{self.name}: llama.cpp does not support its chat template; drop --chat")
+            if n <= capacity:
+                return buf.raw[:n].decode("utf-8", "replace")
+            capacity = n + 1
+
+    def close(self) -> None:
+        if getattr(self, "_ptr", None):
+            C.llama_model_free(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+DECODE_ERRORS = {
+    1: "no free slot in the KV cache",
+    2: "aborted",
+    -1: "invalid batch",
+}
+
+
+class Context:
+    """One llama.cpp context (sequence 0) that remembers which tokens its KV cache holds.
+
+    `tokens` is the cache's content: position i holds tokens[i]. `decode` appends, `truncate`
+    rolls back. The logits returned by `decode` are a view into llama.cpp's buffer, valid
+    until the next `decode` on this context.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        n_ctx: int,
+        n_threads: int | None = None,
+        n_threads_batch: int | None = None,
+        n_batch: int = 512,
+    ):
+        self.model = model
+        threads = n_threads or os.cpu_count() or 1
+        params = C.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = 1
+        params.n_threads = threads
+        params.n_threads_batch = n_threads_batch or threads
+        params.no_perf = True
+        _log_tail.clear()
+        ptr = C.llama_init_from_model(model._ptr, params)
+        if not ptr:
+            raise ModelLoadError(
+                f"cannot create a {n_ctx}-token context for {model.name}: {_llama_failure_reason()}",
+                hint="try a smaller --ctx-size or fewer GPU layers",
+            )
+        self._ptr = ptr
+        self._memory = C.llama_get_memory(ptr)
+        self.n_ctx: int = C.llama_n_ctx(ptr)
+        self.n_batch: int = C.llama_n_batch(ptr)
+        self.n_vocab: int = model.vocab.n_tokens
+        self.tokens: list[int] = []
+
+        # One batch, allocated once and reused for every decode; numpy views over its arrays
+        # let us fill it without per-token ctypes calls.
+        self._batch = C.llama_batch_init(self.n_batch, 0, 1)
+        self._batch_tokens = np.ctypeslib.as_array(self._batch.token, shape=(self.n_batch,))
+        self._batch_pos = np.ctypeslib.as_array(self._batch.pos, shape=(self.n_batch,))
+        self._batch_wants_logits = np.ctypeslib.as_array(self._batch.logits, shape=(self.n_batch,))
+        np.ctypeslib.as_array(self._batch.n_seq_id, shape=(self.n_batch,))[:] = 1
+        for i in range(self.n_batch):
+            self._batch.seq_id[i][0] = 0
+
+    @property
+    def n_past(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def room(self) -> int:
+        """How many more tokens fit in the cache."""
+        return self.n_ctx - len(self.tokens)
+
+    def decode(self, tokens: Sequence[int], *, all_logits: bool = False) -> np.ndarray:
+        """Append `tokens` to the cache; return logits of shape (len(tokens) or 1, n_vocab).
+
+        With all_logits, row i predicts the token after tokens[i]; otherwise the one row
+        predicts the token after the last one. Inputs longer than n_batch go in chunks.
+        """
+        n = len(tokens)
+        if n == 0:
+            raise ValueError("decode needs at least one token")
+        if n > self.room:
+            raise ContextFullError(f"context full: {self.n_past} + {n} tokens > n_ctx {self.n_ctx}")
+        if all_logits and n > self.n_batch:
+            raise ValueError(f"all_logits decode of {n} tokens exceeds n_batch {self.n_batch}")
+        for start in range(0, n, self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            last_chunk = start + self.n_batch >= n
+            self._decode_chunk(chunk, want_all=all_logits, want_last=last_chunk)
+        n_rows = n if all_logits else 1
+        logits_ptr = C.llama_get_logits(self._ptr)
+        return np.ctypeslib.as_array(logits_ptr, shape=(n_rows, self.n_vocab))
+
+    def _decode_chunk(self, chunk: Sequence[int], *, want_all: bool, want_last: bool) -> None:
+        m = len(chunk)
+        start_pos = len(self.tokens)
+        self._batch.n_tokens = m
+        self._batch_tokens[:m] = chunk
+        self._batch_pos[:m] = np.arange(start_pos, start_pos + m, dtype=np.int32)
+        self._batch_wants_logits[:m] = 1 if want_all else 0
+        if want_last:
+            self._batch_wants_logits[m - 1] = 1
+        rc = C.llama_decode(self._ptr, self._batch)
+        if rc != 0:
+            # Leave the cache exactly as it was before this chunk.
+            C.llama_memory_seq_rm(self._memory, 0, start_pos, -1)
+            if rc == 1:
+                raise ContextFullError(f"no KV slot for {m} tokens at position {start_pos}")
+            reason = DECODE_ERRORS.get(rc, f"error code {rc}")
+            raise DecodeError(f"llama_decode failed for {self.model.name}: {reason}")
+        self.tokens.extend(chunk)
+
+    def truncate(self, n_keep: int) -> None:
+        """Forget every cached token from position n_keep on (rejected drafts)."""
+        if n_keep >= len(self.tokens):
+            return
+        if not C.llama_memory_seq_rm(self._memory, 0, n_keep, -1):
+            raise DecodeError(
+                f"{self.model.name} cannot roll back its cache (recurrent or hybrid model)",
+                hint="speculative decoding needs a transformer KV cache; use --mode none",
+            )
+        del self.tokens[n_keep:]
+
+    def clear(self) -> None:
+        C.llama_memory_clear(self._memory, True)
+        self.tokens.clear()
+
+    def close(self) -> None:
+        if getattr(self, "_ptr", None):
+            C.llama_batch_free(self._batch)
+            C.llama_free(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> "Context":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
