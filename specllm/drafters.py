@@ -85,7 +85,8 @@ class ModelDrafter:
         self.suppressed = np.asarray([t for t in suppressed if t < self.n_shared], dtype=np.int64)
 
     def begin(self, prompt: Sequence[int]) -> None:
-        self._sync(prompt[:-1])
+        if len(prompt) < self.context.n_ctx:  # a longer prompt: this drafter sits the generation out
+            self._sync(self._readable(prompt[:-1]))
 
     def _sync(self, tokens: Sequence[int]) -> None:
         ctx = self.context
@@ -101,6 +102,8 @@ class ModelDrafter:
         k = min(k, ctx.room - len(history) + ctx.n_past - 1)
         if k <= 0 or len(history) > ctx.n_ctx:
             return NO_DRAFT
+        if self.n_target_vocab > ctx.n_vocab:
+            history = self._readable(history)
         # Keep all but the last history token, then decode it to get the next logits.
         self._sync(history[:-1])
         logits = ctx.decode([history[-1]])[0]
@@ -124,6 +127,12 @@ class ModelDrafter:
                 break
             logits = ctx.decode([token])[0]
         return draft
+
+    def _readable(self, tokens: Sequence[int]) -> list[int]:
+        """A padded target vocabulary can emit ids the draft lacks (practically never): the draft
+        reads them as id 0. Its guesses after that are worse; verification keeps output exact."""
+        n = self.context.n_vocab
+        return [t if t < n else 0 for t in tokens]
 
     def _restrict(self, logits: np.ndarray) -> np.ndarray:
         """The draft's logits over the target's ids: drop ids the target lacks, pad ids only the target has."""

@@ -1,0 +1,58 @@
+"""Lossless on the real Qwen2.5-Coder pair: every emitted token is the target's own greedy choice.
+
+llama.cpp is not batch-invariant (a position's logits move by up to ~0.7 between a one-token
+decode and a batched one on this model), so the independent re-read of prompt + output checks
+each token against the argmax with a tolerance, and requires almost all to be exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from specllm.engine import Engine, EngineConfig, Request
+from specllm.llama import Context, Model
+
+pytestmark = pytest.mark.real_models
+
+PROMPTS = [
+    "def is_palindrome(s: str) -> bool:\n",
+    "Summarize: The mitochondria is the powerhouse of the cell. It produces ATP through respiration. "
+    "Cells with more energy needs have more mitochondria.\nSummary:",
+]
+N_TOKENS = 40
+BATCH_NOISE = 1.0  # logit tolerance for a batched re-read
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECLLM_CACHE", str(tmp_path / "cache"))
+
+
+def reread_logits(target_path, prompt: list[int], generated: list[int]) -> np.ndarray:
+    """The target's logits for every generated position, from one independent batched decode."""
+    model = Model(target_path)
+    with Context(model, n_ctx=1024) as ctx:
+        ctx.decode(prompt[:-1])
+        rows = ctx.decode(prompt[-1:] + generated[:-1], all_logits=True).copy()
+    model.close()
+    return rows
+
+
+@pytest.mark.parametrize("mode", ["draft", "ngram", "auto"])
+def test_every_token_is_the_targets_greedy_choice(real_target_path, real_draft_path, mode):
+    config = EngineConfig(target=str(real_target_path), draft=str(real_draft_path), mode=mode, k=4, ctx_size=1024)
+    with Engine(config) as engine:
+        for text in PROMPTS:
+            request = Request(max_tokens=N_TOKENS)
+            prompt = engine.tokenize_prompt(text, request)
+            generation = engine.generate(prompt, request)
+            for _ in generation:
+                pass
+            tokens, stats = generation.tokens, generation.stats
+            assert 0 <= stats.accepted <= stats.drafted
+            rows = reread_logits(real_target_path, prompt, tokens)
+            chosen = rows[np.arange(len(tokens)), tokens]
+            assert np.all(chosen >= rows.max(axis=1) - BATCH_NOISE)
+            exact = np.mean(rows.argmax(axis=1) == np.array(tokens))
+            assert exact >= 0.9, f"only {exact:.0%} exact argmax matches"
