@@ -13,7 +13,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from .llama import Context, common_prefix_length
-from .sampling import SamplingParams, greedy, logits_to_probs, sample, softmax
+from .sampling import SamplingParams, greedy, logits_to_probs, sample, top_probability
 
 
 @dataclass
@@ -83,6 +83,8 @@ class ModelDrafter:
         self.n_target_vocab = n_target_vocab
         self.n_shared = min(n_target_vocab, context.n_vocab)
         self.suppressed = np.asarray([t for t in suppressed if t < self.n_shared], dtype=np.int64)
+        # The common case (same vocabulary, nothing masked) reads the logits in place.
+        self._same_ids = n_target_vocab == context.n_vocab and not self.suppressed.size
 
     def begin(self, prompt: Sequence[int]) -> None:
         if len(prompt) < self.context.n_ctx:  # a longer prompt: this drafter sits the generation out
@@ -113,7 +115,7 @@ class ModelDrafter:
             if self.params.greedy:
                 token = greedy(row)
                 # The softmax costs a pass over the vocabulary: only when someone listens.
-                confidence = float(softmax(row)[token]) if keep_drafting else 1.0
+                confidence = top_probability(row, token) if keep_drafting else 1.0
             else:
                 q = logits_to_probs(row, self.params)
                 token = sample(q, rng)
@@ -136,6 +138,8 @@ class ModelDrafter:
 
     def _restrict(self, logits: np.ndarray) -> np.ndarray:
         """The draft's logits over the target's ids: drop ids the target lacks, pad ids only the target has."""
+        if self._same_ids:
+            return logits
         row = np.full(self.n_target_vocab, -np.inf, dtype=np.float32)
         row[: self.n_shared] = logits[: self.n_shared]
         if self.suppressed.size:

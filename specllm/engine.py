@@ -14,12 +14,19 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import llama
-from .drafters import ModelDrafter, NgramDrafter, NoDrafter
+from .crossvocab import CrossVocabDrafter
+from .drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter
 from .errors import IncompatibleModelsError, UsageError
 from .sampling import SamplingParams
 from .speculative import DraftPolicy, FixedPolicy, Generation
 
 DEFAULT_K = 4
+# Auto mode's -k is only an upper bound: it picks each round's length itself.
+AUTO_DEFAULT_K = 8
+
+
+def default_k(mode: str) -> int:
+    return AUTO_DEFAULT_K if mode == "auto" else DEFAULT_K
 DEFAULT_NGRAM_SIZES = (4, 3, 2)
 DEFAULT_CTX_SIZE = 4096
 
@@ -85,8 +92,21 @@ class Engine:
         cfg = self.config
         ngl = cfg.n_gpu_layers if cfg.draft_n_gpu_layers is None else cfg.draft_n_gpu_layers
         self.draft_model = llama.Model(cfg.draft, n_gpu_layers=ngl)
-        self.compatibility = ensure_compatible(self.target_model, self.draft_model)
-        self.warnings.extend(self.compatibility.warnings)
+        try:
+            self.compatibility = ensure_compatible(self.target_model, self.draft_model)
+            self.warnings.extend(self.compatibility.warnings)
+        except IncompatibleModelsError as refusal:
+            # Another vocabulary: the draft can still propose text (crossvocab.py), when asked
+            # to (--cross-vocab) or when auto mode decides per round whether drafting pays.
+            if not (cfg.cross_vocab or cfg.mode == "auto"):
+                refusal.hint = "pass --cross-vocab to draft through text, or pick a draft with the target's tokenizer"
+                raise
+            self.compatibility = None
+            if not cfg.cross_vocab:
+                self.warnings.append(
+                    f"{self.draft_model.name} has another vocabulary than {self.target_model.name}: "
+                    "its drafts go through text (--cross-vocab)"
+                )
         if not self.draft_model.has_partial_kv_removal:
             raise IncompatibleModelsError(f"draft {self.draft_model.name} is recurrent/hybrid: its cache cannot be rolled back")
         self.draft = llama.Context(
@@ -129,18 +149,16 @@ class Engine:
         return AutoPolicy(NgramDrafter(cfg.ngram_sizes), model_drafter, max_k=cfg.k, costs=self.costs,
                           learned=self.learned)
 
-    def _model_drafter(self, request: Request) -> Optional[ModelDrafter]:
+    def _model_drafter(self, request: Request) -> Optional[Drafter]:
         if self.draft is None:
             return None
+        if self.compatibility is None:
+            return CrossVocabDrafter(self.draft, self.target_model.vocab, request.params)
         # Shared ids whose texts differ would be verified as something else: never propose them.
         suppressed = list(self.compatibility.masked_ids)
         if request.ignore_eos:
-            suppressed += self._eog_ids(self.draft_model)
+            suppressed += self.draft_model.vocab.eog_ids
         return ModelDrafter(self.draft, request.params, self.target_model.vocab.n_tokens, suppressed)
-
-    @staticmethod
-    def _eog_ids(model: llama.Model) -> list[int]:
-        return [t for t in range(model.vocab.n_tokens) if model.vocab.is_eog(t)]
 
     def _prepare_auto(self) -> None:
         """Auto mode's knowledge: this machine's measured costs (calibrated once, then cached

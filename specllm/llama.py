@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import functools
 import os
+import re
+import stat
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -56,30 +59,75 @@ def _ensure_backend() -> None:
     C.llama_log_set(_on_llama_log, ctypes.c_void_p(0))
 
 
+# Lines llama.cpp logs on the way out of a failed call that only repeat the cause logged before them.
+_WRAPPER_LINE = re.compile(r"(error loading model: )?failed to load model( from .*)?")
+_FAILURE_WORDS = ("error", "failed", "unable", "out of memory")
+
+
+def _without_prefixes(line: str) -> str:
+    """'llama_model_load: error loading model: tensor ...' -> 'tensor ...'."""
+    line = re.sub(r"^(\w+: )+", "", line.strip())
+    return line.removeprefix("error loading model: ")
+
+
 def _llama_failure_reason() -> str:
-    """The most telling line llama.cpp logged during the last failed call."""
+    """The cause llama.cpp logged during the last failed call: the first line that says what failed."""
     lines = [line.strip() for line in _log_tail if line.strip()]
-    for keyword in ("error", "failed", "unknown", "invalid", "cannot", "unable"):
-        for line in reversed(lines):
-            if keyword in line.lower():
-                return line
-    return lines[-1] if lines else "llama.cpp gave no reason"
+    failures = [_without_prefixes(line) for line in lines if any(w in line.lower() for w in _FAILURE_WORDS)]
+    causes = [line for line in failures if not _WRAPPER_LINE.fullmatch(line)]
+    if causes or failures:
+        return (causes or failures)[0]
+    return _without_prefixes(lines[-1]) if lines else "llama.cpp gave no reason"
+
+
+def _load_failure_hint() -> str:
+    """What a user can do about the last failed load, judged from llama.cpp's log."""
+    log = "\n".join(_log_tail).lower()
+    if "unknown model architecture" in log:
+        return f"this llama.cpp (llama-cpp-python {_llama_cpp_version()}) does not support the model's architecture"
+    if "alloc" in log or "out of memory" in log:
+        return "not enough memory: try fewer GPU layers (-ngl), a smaller --ctx-size, or a smaller quantization"
+    if "gguf_" in log or "file bounds" in log or "corrupt" in log:
+        return "the file is truncated or corrupt: download it again"
+    return "run with --verbose to see llama.cpp's log"
+
+
+def _llama_cpp_version() -> str:
+    import llama_cpp
+
+    return getattr(llama_cpp, "__version__", "?")
+
+
+def _human_size(n_bytes: int) -> str:
+    """1536 -> '1.5 KiB': file sizes in messages."""
+    if n_bytes < 1024:
+        return f"{n_bytes} bytes"
+    size = n_bytes / 1024
+    for unit in ("KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
 
 
 def check_gguf_file(path: Path) -> None:
     """Refuse paths llama.cpp would choke on, with a message a user can act on."""
-    if not path.exists():
-        raise ModelLoadError(f"model file not found: {path}")
-    if path.is_dir():
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ModelLoadError(f"model file not found: {path}") from None
+    except (OSError, ValueError) as e:  # permissions, a name too long, a NUL byte
+        raise ModelLoadError(f"cannot read model file {path}: {getattr(e, 'strerror', None) or e}") from None
+    if stat.S_ISDIR(st.st_mode):
         raise ModelLoadError(f"model path is a directory, not a GGUF file: {path}")
     try:
         with path.open("rb") as f:
             magic = f.read(4)
     except OSError as e:
-        raise ModelLoadError(f"cannot read model file {path}: {e.strerror}") from None
+        raise ModelLoadError(f"cannot read model file {path}: {e.strerror or e}") from None
     if magic != GGUF_MAGIC:
         raise ModelLoadError(
-            f"not a GGUF file: {path}",
+            f"model file is empty: {path}" if st.st_size == 0 else f"not a GGUF file: {path}",
             hint="specllm loads llama.cpp GGUF models (convert others with llama.cpp's convert_hf_to_gguf.py)",
         )
 
@@ -136,6 +184,11 @@ class Vocab:
     def is_eog(self, token: int) -> bool:
         return bool(C.llama_vocab_is_eog(self._ptr, token))
 
+    @functools.cached_property
+    def eog_ids(self) -> tuple[int, ...]:
+        """Every end-of-generation id (one ctypes call per id: computed once)."""
+        return tuple(t for t in range(self.n_tokens) if self.is_eog(t))
+
 
 class Model:
     """GGUF weights loaded by llama.cpp. `vocab_only` loads just the vocabulary (fast, no weights)."""
@@ -150,10 +203,9 @@ class Model:
         _log_tail.clear()
         ptr = C.llama_model_load_from_file(str(self.path).encode(), params)
         if not ptr:
-            size_mib = self.path.stat().st_size / 2**20
             raise ModelLoadError(
-                f"cannot load {self.path.name} ({size_mib:.0f} MiB): {_llama_failure_reason()}",
-                hint="run with --verbose to see llama.cpp's log",
+                f"cannot load {self.path.name} ({_human_size(self.path.stat().st_size)}): {_llama_failure_reason()}",
+                hint=_load_failure_hint(),
             )
         self._ptr = ptr
         self.vocab = Vocab(C.llama_model_get_vocab(ptr))
@@ -273,7 +325,9 @@ class Context:
             )
         self._ptr = ptr
         self._memory = C.llama_get_memory(ptr)
-        self.n_ctx: int = C.llama_n_ctx(ptr)
+        # llama.cpp rounds the cache up to a multiple of 256; the size asked for is the limit kept
+        # (a prompt over -c must be refused, and generation must stop at -c, as the user said).
+        self.n_ctx: int = min(n_ctx, C.llama_n_ctx(ptr))
         self.n_batch: int = C.llama_n_batch(ptr)
         self.n_vocab: int = model.vocab.n_tokens
         self.tokens: list[int] = []

@@ -129,7 +129,7 @@ class Generation:
         self.max_tokens = max_tokens
         self.rng = rng
         self.vocab = target.model.vocab
-        self.eog_ids = [t for t in range(self.vocab.n_tokens) if self.vocab.is_eog(t)] if ignore_eos else []
+        self.eog_ids = list(self.vocab.eog_ids) if ignore_eos else []
         self.history: list[int] = list(prompt)  # prompt + emitted; the target caches all but the last
         self.tokens: list[int] = []
         self.from_draft: list[bool] = []

@@ -15,6 +15,7 @@ from specllm.sampling import (
     sample,
     softmax,
     speculative_accept,
+    top_probability,
 )
 
 LOGITS = np.array([2.0, 1.0, 0.5, -1.0, 3.0], dtype=np.float32)
@@ -121,3 +122,9 @@ def test_a_wrong_residual_is_detected():
     counts = np.bincount(draws, minlength=4)
     chi2 = float((((counts - n * p) ** 2) / (n * p)).sum())
     assert chi2 > 16.3
+
+
+def test_top_probability_is_the_softmax_of_the_argmax():
+    assert top_probability(LOGITS, 4) == pytest.approx(softmax(LOGITS)[4])
+    with_masked = np.array([1.0, -np.inf, 0.0], dtype=np.float32)
+    assert top_probability(with_masked, 0) == pytest.approx(softmax(with_masked)[0])
