@@ -70,21 +70,30 @@ class Engine:
             raise UsageError("--mode draft needs a draft model (-md)")
         self.config = config
         self.warnings: list[str] = warnings if warnings is not None else []
-        self.target_model = llama.Model(config.target, n_gpu_layers=config.n_gpu_layers)
-        self.target = llama.Context(self.target_model, n_ctx=config.ctx_size, n_threads=config.threads)
+        self.target_model: Optional[llama.Model] = None
+        self.target: Optional[llama.Context] = None
         self.draft_model: Optional[llama.Model] = None
         self.draft: Optional[llama.Context] = None
-        if config.draft and config.mode in ("draft", "auto"):
-            self._load_draft()
-        if config.mode == "auto":
-            self._prepare_auto()
-        needs_rollback = config.mode != "none"
-        if needs_rollback and not self.target_model.has_partial_kv_removal:
+        try:
+            self._load()
+        except BaseException:  # a refused draft or Ctrl-C while loading: free what was loaded
+            self.close()
+            raise
+
+    def _load(self) -> None:
+        config = self.config
+        self.target_model = llama.Model(config.target, n_gpu_layers=config.n_gpu_layers)
+        if config.mode != "none" and not self.target_model.has_partial_kv_removal:
             raise IncompatibleModelsError(
                 f"{self.target_model.name} is a recurrent/hybrid model: its cache cannot be rolled back "
                 "after rejected drafts, so speculative decoding would be wrong",
                 hint="use --mode none",
             )
+        self.target = llama.Context(self.target_model, n_ctx=config.ctx_size, n_threads=config.threads)
+        if config.draft and config.mode in ("draft", "auto"):
+            self._load_draft()
+        if config.mode == "auto":
+            self._prepare_auto()
 
     def _load_draft(self) -> None:
         from .compat import ensure_compatible
@@ -96,17 +105,13 @@ class Engine:
             self.compatibility = ensure_compatible(self.target_model, self.draft_model)
             self.warnings.extend(self.compatibility.warnings)
         except IncompatibleModelsError as refusal:
-            # Another vocabulary: the draft can still propose text (crossvocab.py), when asked
-            # to (--cross-vocab) or when auto mode decides per round whether drafting pays.
-            if not (cfg.cross_vocab or cfg.mode == "auto"):
+            # Another vocabulary: the draft can still propose text (crossvocab.py), but only when
+            # asked to: a mismatched pair is more often a mistake than a plan. In auto mode the
+            # cross-vocabulary draft then competes with n-grams and plain steps per round.
+            if not cfg.cross_vocab:
                 refusal.hint = "pass --cross-vocab to draft through text, or pick a draft with the target's tokenizer"
                 raise
             self.compatibility = None
-            if not cfg.cross_vocab:
-                self.warnings.append(
-                    f"{self.draft_model.name} has another vocabulary than {self.target_model.name}: "
-                    "its drafts go through text (--cross-vocab)"
-                )
         if not self.draft_model.has_partial_kv_removal:
             raise IncompatibleModelsError(f"draft {self.draft_model.name} is recurrent/hybrid: its cache cannot be rolled back")
         self.draft = llama.Context(
@@ -193,6 +198,7 @@ class Engine:
         for obj in (self.draft, self.target, self.draft_model, self.target_model):
             if obj is not None:
                 obj.close()
+        self.draft = self.target = self.draft_model = self.target_model = None
 
     def __enter__(self) -> "Engine":
         return self

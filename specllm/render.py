@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import codecs
-import os
 import sys
+import time
 from typing import TextIO
 
-from rich.console import Group
+from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from .console import silence_stdout, stderr
 from .stats import SpecStats
 
 LOW_ACCEPTANCE = 0.5
 MIN_DRAFTED_FOR_WARNING = 16
+LIVE_REFRESH_SECONDS = 0.1
 
 
 class TextStream:
@@ -33,7 +36,7 @@ class TextStream:
 
     @property
     def out(self) -> TextIO:
-        # Looked up at write time so that rich's Live can redirect stdout above its display.
+        # Looked up at write time: tests and the live display swap sys.stdout.
         return self._out or sys.stdout
 
     def write(self, piece: bytes, final: bool = False) -> None:
@@ -45,7 +48,7 @@ class TextStream:
             self.out.flush()
         except BrokenPipeError:
             self.closed = True
-            _silence_stdout()
+            silence_stdout()
         else:
             self.ends_with_newline = text.endswith("\n")
 
@@ -53,20 +56,76 @@ class TextStream:
         self.write(b"", final=True)
 
 
-def _silence_stdout() -> None:
-    """After EPIPE, point stdout at /dev/null so Python's exit flush does not raise again."""
+class SharedScreen:
+    """Stands in for stdout while stdout and the live display are the same terminal.
+
+    rich redraws its live display below the cursor, so text written straight to the terminal
+    would be drawn over. Finished lines are printed above the display instead, and the line
+    still being written is shown at the top of it (`partial`) until it is finished.
+    """
+
+    def __init__(self, console: Console):
+        self._console = console
+        self.partial = ""
+
+    def write(self, text: str) -> int:
+        *lines, self.partial = (self.partial + text).split("\n")
+        if lines:
+            self._console.print(Text("\n".join(lines)), soft_wrap=True)
+        return len(text)
+
+    def flush(self) -> None:
+        pass  # the partial line is drawn with the display
+
+
+class LiveDisplay:
+    """The statistics, redrawn on stderr while the text streams (only when stderr is a terminal)."""
+
+    def __init__(self, stats: SpecStats):
+        self.stats = stats
+        # No redirection: rich would send stdout's writes to the stderr console, text and all.
+        self._live = Live(console=stderr, transient=True, auto_refresh=False, redirect_stdout=False,
+                          redirect_stderr=False)
+        self.screen = SharedScreen(stderr) if _is_terminal(sys.stdout) else None
+        self._last_refresh = 0.0
+
+    @staticmethod
+    def wanted(show_stats: bool) -> bool:
+        return show_stats and stderr.is_terminal
+
+    def __enter__(self) -> "LiveDisplay":
+        self._live.start()
+        return self
+
+    def refresh(self) -> None:
+        """Redraw, at most every LIVE_REFRESH_SECONDS: drawing is slower than a tiny model's token."""
+        now = time.monotonic()
+        if now - self._last_refresh > LIVE_REFRESH_SECONDS:
+            partial = self.screen.partial if self.screen else ""
+            self._live.update(live_view(self.stats, partial), refresh=True)
+            self._last_refresh = now
+
+    def __exit__(self, *exc) -> None:
+        self._live.stop()
+        if self.screen and self.screen.partial:
+            # The display is gone: the unfinished last line goes where the text goes.
+            sys.stdout.write(self.screen.partial)
+            sys.stdout.flush()
+
+
+def _is_terminal(stream: TextIO) -> bool:
     try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def acceptance_warning(stats: SpecStats) -> str | None:
     if stats.drafted >= MIN_DRAFTED_FOR_WARNING and stats.acceptance_rate < LOW_ACCEPTANCE:
+        remedies = "a draft of the same family, a smaller -k" + ("" if stats.mode == "auto" else ", or --mode auto")
         return (
             f"acceptance {stats.acceptance_rate:.0%} is below {LOW_ACCEPTANCE:.0%}: the draft diverges from the "
-            "target, so speculation wastes work (try a draft of the same family, a smaller -k, or --mode auto)"
+            f"target, so speculation wastes work (try {remedies})"
         )
     return None
 
@@ -101,5 +160,6 @@ def stats_table(stats: SpecStats, *, title: str | None = None) -> Table:
     return table
 
 
-def live_view(stats: SpecStats) -> Group:
-    return Group(Text("─" * 40, style="dim"), stats_table(stats))
+def live_view(stats: SpecStats, partial_line: str = "") -> Group:
+    rule = Text("─" * 40, style="dim")
+    return Group(Text(partial_line), rule, stats_table(stats)) if partial_line else Group(rule, stats_table(stats))

@@ -22,7 +22,7 @@ from typing import Iterator, Protocol, Sequence
 import numpy as np
 
 from .drafters import NO_DRAFT, Draft, Drafter
-from .errors import ContextFullError, PromptTooLongError
+from .errors import ContextFullError, DecodeError, PromptTooLongError
 from .llama import Context, common_prefix_length
 from .sampling import (
     SamplingParams,
@@ -173,7 +173,7 @@ class Generation:
         max_k = min(self.remaining - 1, self.target.room - 1)
 
         t0 = time.perf_counter()
-        draft = self.policy.draft(self.history, max_k, self.rng) if max_k > 0 else NO_DRAFT
+        draft = self._draft(max_k)
         t1 = time.perf_counter()
         try:
             logits_tgt = self.target.decode([last, *draft.tokens], all_logits=True)
@@ -193,6 +193,16 @@ class Generation:
         self.policy.observe(draft, n_accepted, t2 - t1)
         emitted = [(t, True) for t in draft.tokens[:n_accepted]] + [(token_tgt, False)]
         return self._emit(emitted, draft, n_accepted)
+
+    def _draft(self, max_k: int) -> Draft:
+        if max_k <= 0:
+            return NO_DRAFT
+        try:
+            return self.policy.draft(self.history, max_k, self.rng)
+        except (ContextFullError, DecodeError):
+            # The draft's own context is full or failed: this round goes without drafts
+            # (its cache was restored by Context.decode); the target carries on.
+            return NO_DRAFT
 
     def _suppress_eog(self, logits: np.ndarray) -> None:
         if self.eog_ids:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
-from typing import Optional
+from typing import BinaryIO, Iterator, Optional
 
-from ..engine import DEFAULT_K, DEFAULT_NGRAM_SIZES, EngineConfig
+from ..engine import DEFAULT_NGRAM_SIZES, EngineConfig, default_k
 from ..errors import UsageError
-from ..options import check_draft_max, check_mode, check_positive, parse_ngram_sizes
+from ..options import check_ctx_size, check_draft_max, check_mode, check_positive, parse_ngram_sizes
 
 
 def resolve_models(model: Optional[str], draft_model: Optional[str]) -> tuple[str, Optional[str], dict]:
@@ -48,23 +49,22 @@ def engine_config(
 ) -> EngineConfig:
     check_mode(mode)
     check_draft_max(k)
-    check_positive("--ctx-size", ctx_size)
-    check_positive("--draft-ctx-size", draft_ctx_size)
+    check_ctx_size("--ctx-size", ctx_size)
+    check_ctx_size("--draft-ctx-size", draft_ctx_size)
     check_positive("--threads", threads)
     check_positive("--draft-threads", draft_threads)
     ngram_sizes = parse_ngram_sizes(ngram)
-    if ctx_size < 16:
-        raise UsageError(f"--ctx-size {ctx_size} is too small (at least 16 tokens)")
     if mode == "draft" and not draft_model and model is not None:
         raise UsageError("--mode draft needs a draft model (-md)")
     target, draft, pair_settings = resolve_models(model, draft_model)
     if mode == "draft" and not draft:
         raise UsageError("--mode draft needs a draft model (-md)")
+    chosen_mode = mode or pair_settings.get("mode") or "auto"
     return EngineConfig(
         target=target,
         draft=draft,
-        mode=mode or pair_settings.get("mode") or "auto",
-        k=k or pair_settings.get("k") or DEFAULT_K,
+        mode=chosen_mode,
+        k=k or pair_settings.get("k") or default_k(chosen_mode),
         ngram_sizes=ngram_sizes or tuple(pair_settings.get("ngram_sizes", ())) or DEFAULT_NGRAM_SIZES,
         ctx_size=ctx_size,
         draft_ctx_size=draft_ctx_size,
@@ -79,15 +79,24 @@ def engine_config(
 def stdin_is_terminal() -> bool:
     try:
         return sys.stdin.isatty()
-    except (AttributeError, ValueError):
+    except (AttributeError, ValueError):  # no stdin at all, or a closed one
         return False
+
+
+def _stdin_binary() -> BinaryIO:
+    # Bytes, not text: invalid UTF-8 must become a clear error, not a decoding traceback.
+    stream = getattr(sys.stdin, "buffer", None)
+    return stream if stream is not None else io.BytesIO(sys.stdin.read().encode("utf-8", "surrogateescape"))
 
 
 def read_stdin_text() -> str:
     """All of stdin as UTF-8 text; invalid UTF-8 is a usage error, not a traceback."""
-    stream = getattr(sys.stdin, "buffer", None)
-    data = stream.read() if stream is not None else sys.stdin.read().encode("utf-8", "surrogateescape")
-    return decode_utf8(data, "standard input")
+    return decode_utf8(_stdin_binary().read(), "standard input")
+
+
+def stdin_lines() -> Iterator[bytes]:
+    """stdin line by line, undecoded (one bad line must not stop the others)."""
+    yield from _stdin_binary()
 
 
 def decode_utf8(data: bytes, where: str) -> str:
@@ -98,11 +107,15 @@ def decode_utf8(data: bytes, where: str) -> str:
 
 
 def check_text_is_utf8(text: str, where: str) -> str:
-    """argv arrives with undecodable bytes as surrogates; refuse them clearly."""
+    """Text that could not be written as UTF-8 (argv's undecodable bytes arrive as surrogates, JSON
+    can hold lone surrogates) is refused clearly."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raw = text.encode("utf-8", "surrogateescape")
+        try:
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError as e:
+            raise UsageError(f"{where} is not valid UTF-8 (a lone surrogate at character {e.start})") from None
         return decode_utf8(raw, where)
     return text
 

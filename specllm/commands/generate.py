@@ -5,32 +5,32 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import time
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
-from rich.live import Live
+from rich.markup import escape
 
 from .. import llama
-from ..console import EXIT_INTERRUPTED, reported_errors, stderr, warn
+from ..console import EXIT_INTERRUPTED, reported_errors, silence_stdout, stderr, warn
 from ..engine import Engine, Request, with_overrides
 from ..errors import SpecllmError, UsageError
 from ..options import (
-    CrossVocabOpt, CtxSizeOpt, DraftCtxSizeOpt, DraftGpuLayersOpt, DraftMaxOpt, DraftModelOpt, DraftThreadsOpt,
-    GpuLayersOpt, MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt, NgramOpt, SeedOpt, TempOpt, ThreadsOpt, TopKOpt,
-    TopPOpt, VerboseOpt, check_positive, check_sampling,
+    FLAG, IO, CrossVocabOpt, CtxSizeOpt, DraftCtxSizeOpt, DraftGpuLayersOpt, DraftMaxOpt, DraftModelOpt,
+    DraftThreadsOpt, GpuLayersOpt, MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt, NgramOpt, SeedOpt, TempOpt, ThreadsOpt,
+    TopKOpt, TopPOpt, VerboseOpt, check_positive, check_sampling, check_seed,
 )
-from ..render import TextStream, acceptance_warning, live_view, stats_table
+from ..render import LiveDisplay, TextStream, acceptance_warning, stats_table
 from ..sampling import SamplingParams
-from ..speculative import Generation
-from .common import check_text_is_utf8, engine_config, read_stdin_text, stdin_is_terminal
+from ..speculative import Generation, TokenEvent
+from .common import check_text_is_utf8, decode_utf8, engine_config, read_stdin_text, stdin_is_terminal, stdin_lines
 
-LIVE_REFRESH_SECONDS = 0.1
-
+# What stopped a generation early, if anything: Ctrl-C (KeyboardInterrupt) or a failure (SpecllmError).
+Stop = Optional[BaseException]
 
 def generate(
-    prompt: Annotated[Optional[str], typer.Argument(help="The prompt; '-' or piped stdin reads standard input.",
-                                                    show_default=False)] = None,
+    prompt: Annotated[Optional[str], typer.Argument(
+        help="The prompt. '-' reads standard input; piped input comes first, then a blank line, then PROMPT.",
+        show_default=False, metavar="PROMPT")] = None,
     model: ModelOpt = None,
     draft_model: DraftModelOpt = None,
     mode: ModeOpt = None,
@@ -48,31 +48,41 @@ def generate(
     top_p: TopPOpt = 1.0,
     min_p: MinPOpt = 0.0,
     seed: SeedOpt = None,
-    chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the model's chat template.")] = False,
-    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Never stop at end-of-generation tokens.")] = False,
-    truncate: Annotated[bool, typer.Option("--truncate", help="Keep the end of a prompt too long for the context.")] = False,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Never stop at end-of-generation tokens.",
+                                             metavar=FLAG, rich_help_panel="Sampling")] = False,
+    chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the model's chat template.",
+                                       metavar=FLAG, rich_help_panel=IO)] = False,
+    truncate: Annotated[bool, typer.Option("--truncate", help="Keep the end of a prompt too long for the context.",
+                                           metavar=FLAG, rich_help_panel=IO)] = False,
     cross_vocab: CrossVocabOpt = False,
-    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object (text, tokens, stats) instead of streaming.")] = False,
-    jsonl: Annotated[bool, typer.Option("--jsonl", help="Read one JSON object per stdin line, write one result per line.")] = False,
-    no_stats: Annotated[bool, typer.Option("--no-stats", help="No statistics on stderr.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object (text, tokens, stats) instead of "
+                                        "streaming.", metavar=FLAG, rich_help_panel=IO)] = False,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help='Read one JSON object per stdin line ({"prompt": ...} and '
+                                        "optional max_tokens, temp, top_k, top_p, min_p, seed, chat, ignore_eos, "
+                                        "truncate); write one result per line.", metavar=FLAG,
+                                        rich_help_panel=IO)] = False,
+    no_stats: Annotated[bool, typer.Option("--no-stats", help="No statistics on stderr.", metavar=FLAG,
+                                           rich_help_panel=IO)] = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Generate text from a prompt with speculative decoding."""
+    """Generate text from a prompt with speculative decoding.
+
+    The text goes to stdout as it is produced; statistics, warnings and errors go to stderr.
+    Exit codes: 0 done (also when the context fills up), 1 error, 2 bad usage, 130 interrupted.
+
+    [b]Examples[/b]
+
+      specllm generate -m target.gguf -md draft.gguf "def fibonacci(n):"
+      cat notes.txt | specllm generate -m target.gguf "Summarize these notes."
+      specllm generate -m target.gguf --json -n 64 "Hello" | jq .stats
+      specllm generate -m target.gguf --jsonl < prompts.jsonl > results.jsonl
+    """
     with reported_errors(verbose):
         llama.set_verbose(verbose)
-        if json_ and jsonl:
-            raise UsageError("--json and --jsonl cannot be used together (--jsonl already writes JSON)")
-        if max_tokens < 0:
-            raise UsageError(f"--max-tokens must be >= 0, got {max_tokens}")
-        check_sampling(temp, top_k, top_p, min_p)
-        request = Request(
-            max_tokens=max_tokens,
-            params=SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p),
-            seed=seed,
-            chat=chat,
-            ignore_eos=ignore_eos,
-            truncate=truncate,
-        )
+        check_output_flags(json_=json_, jsonl=jsonl, prompt=prompt)
+        request = build_request(max_tokens=max_tokens, temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
+                                chat=chat, ignore_eos=ignore_eos, truncate=truncate)
+        # The prompt is read before models are resolved: an empty one must fail before a download.
         prompt_text = None if jsonl else read_prompt(prompt)
         config = engine_config(
             model=model, draft_model=draft_model, mode=mode, k=draft_max, ngram=ngram, ctx_size=ctx_size,
@@ -81,136 +91,192 @@ def generate(
         )
         with Engine(config) as engine:
             for message in engine.warnings:
-                warn(message)
+                warn(escape(message))
+            show_stats = not no_stats
             if jsonl:
-                failures = run_jsonl(engine, request, show_stats=not no_stats)
-                if failures:
-                    raise typer.Exit(1)
+                run_jsonl(engine, request, show_stats=show_stats)
                 return
             tokens = engine.tokenize_prompt(prompt_text, request)
-            if json_:
-                run_json(engine, tokens, request, show_stats=not no_stats)
-            else:
-                run_stream(engine, tokens, request, show_stats=not no_stats)
+            (run_json if json_ else run_stream)(engine, tokens, request, show_stats=show_stats)
+
+
+def check_output_flags(*, json_: bool, jsonl: bool, prompt: Optional[str]) -> None:
+    if json_ and jsonl:
+        raise UsageError("--json and --jsonl cannot be used together (--jsonl already writes JSON)")
+    if jsonl and prompt is not None:
+        raise UsageError("--jsonl reads its prompts from stdin: drop the PROMPT argument")
+    if jsonl and stdin_is_terminal():
+        raise UsageError("--jsonl reads JSON lines from stdin: pipe them in, e.g. < prompts.jsonl")
+
+
+def build_request(*, max_tokens: int, temp: float, top_k: int, top_p: float, min_p: float, seed: Optional[int],
+                  chat: bool, ignore_eos: bool, truncate: bool) -> Request:
+    check_positive("--max-tokens", max_tokens, allow_zero=True)
+    check_sampling(temp, top_k, top_p, min_p)
+    check_seed(seed)
+    return Request(
+        max_tokens=max_tokens,
+        params=SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p),
+        seed=seed,
+        chat=chat,
+        ignore_eos=ignore_eos,
+        truncate=truncate,
+    )
 
 
 def read_prompt(prompt: Optional[str]) -> str:
     """PROMPT, '-' (stdin), or piped stdin; with both, stdin comes first, then a blank line, then PROMPT."""
     if prompt == "-":
-        return read_stdin_text()
-    piped = not stdin_is_terminal()
-    stdin_text = read_stdin_text() if piped else ""
-    if prompt is None:
-        if not piped:
+        text = read_stdin_text()
+    elif prompt is None:
+        if stdin_is_terminal():
+            # Waiting for a terminal to type a prompt would look like a hang.
             raise UsageError("no prompt: give one as an argument, or pipe it on stdin ('-' reads stdin)")
-        return stdin_text
-    prompt = check_text_is_utf8(prompt, "the prompt argument")
-    return f"{stdin_text}\n\n{prompt}" if stdin_text.strip() else prompt
+        text = read_stdin_text()
+    else:
+        prompt = check_text_is_utf8(prompt, "the prompt argument")
+        stdin_text = "" if stdin_is_terminal() else read_stdin_text()
+        text = f"{stdin_text}\n\n{prompt}" if stdin_text.strip() else prompt
+    if not text.strip():
+        raise UsageError("the prompt is empty" if prompt not in (None, "-") else "standard input is empty: no prompt")
+    return text
+
+
+# -- running one generation ------------------------------------------------------------------
+
+
+def drain(generation: Generation, on_event: Callable[[TokenEvent], bool] | None = None) -> Stop:
+    """Run a generation to its end, or until on_event returns False (nobody reads stdout any more).
+
+    Ctrl-C and a failing decode stop it early: what it produced is kept, and the exception comes
+    back so that it is reported after the output, not instead of it.
+    """
+    try:
+        for event in generation:
+            if on_event is not None and not on_event(event):
+                break
+    except (KeyboardInterrupt, SpecllmError) as stop:
+        return stop
+    return None
+
+
+def raise_stop(stop: Stop) -> None:
+    """Once the output is out: Ctrl-C exits 130, a failure is reported as an error."""
+    if isinstance(stop, KeyboardInterrupt):
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if stop is not None:
+        raise stop
 
 
 def run_stream(engine: Engine, tokens: list[int], request: Request, *, show_stats: bool) -> None:
     generation = engine.generate(tokens, request)
-    stream = TextStream()
-    live = (
-        Live(console=stderr, transient=True, auto_refresh=False, redirect_stdout=True, redirect_stderr=False)
-        if show_stats and stderr.is_terminal
-        else contextlib.nullcontext()
-    )
-    interrupted = False
-    try:
-        with live:
-            last_refresh = 0.0
-            for event in generation:
-                stream.write(event.piece)
-                if stream.closed:
-                    break
-                now = time.monotonic()
-                if live is not None and isinstance(live, Live) and now - last_refresh > LIVE_REFRESH_SECONDS:
-                    live.update(live_view(generation.stats), refresh=True)
-                    last_refresh = now
-    except KeyboardInterrupt:
-        interrupted = True
-    stream.finish()
-    if not stream.closed and sys.stdout.isatty() and not stream.ends_with_newline:
-        stream.write(b"\n")
+    display = LiveDisplay(generation.stats) if LiveDisplay.wanted(show_stats) else None
+    with display or contextlib.nullcontext():
+        stream = TextStream(out=display.screen if display else None)
+
+        def show(event: TokenEvent) -> bool:
+            stream.write(event.piece)
+            if display:
+                display.refresh()
+            return not stream.closed
+
+        stop = drain(generation, show)
+        stream.finish()
+    if not stream.closed and not stream.ends_with_newline and sys.stdout.isatty():
+        stream.write(b"\n")  # so that the summary or the shell prompt starts on its own line
     if show_stats:
         print_summary(generation)
-    if interrupted:
-        raise typer.Exit(EXIT_INTERRUPTED)
+    raise_stop(stop)
 
 
 def print_summary(generation: Generation) -> None:
-    stderr.print(stats_table(generation.stats, title=None))
+    stderr.print(stats_table(generation.stats))
     warning = acceptance_warning(generation.stats)
     if warning:
         warn(warning)
 
 
-def result_object(generation: Generation) -> dict:
+def run_json(engine: Engine, tokens: list[int], request: Request, *, show_stats: bool) -> None:
+    generation = engine.generate(tokens, request)
+    stop = drain(generation)
+    write_json_line(result_object(generation, stop))
+    if show_stats:
+        print_summary(generation)
+    raise_stop(stop)
+
+
+def result_object(generation: Generation, stop: Stop = None) -> dict:
     text = generation.vocab.detokenize(generation.tokens).decode("utf-8", errors="replace")
-    return {
+    result = {
         "text": text,
         "prompt_tokens": generation.prompt,
         "tokens": generation.tokens,
         "from_draft": generation.from_draft,
-        "finish_reason": generation.finish_reason,
+        "finish_reason": generation.finish_reason or ("interrupted" if stop else None),
         "stats": generation.stats.to_dict(),
     }
+    if isinstance(stop, SpecllmError):
+        result["finish_reason"] = "error"
+        result["error"] = stop.message
+    return result
 
 
-def _consume(generation: Generation) -> bool:
-    """Run a generation to its end; True if Ctrl-C stopped it (what it produced is kept)."""
-    try:
-        for _ in generation:
-            pass
-    except KeyboardInterrupt:
-        return True
-    return False
-
-
-def run_json(engine: Engine, tokens: list[int], request: Request, *, show_stats: bool) -> None:
-    generation = engine.generate(tokens, request)
-    interrupted = _consume(generation)
-    write_json_line(result_object(generation))
-    if show_stats:
-        print_summary(generation)
-    if interrupted:
-        raise typer.Exit(EXIT_INTERRUPTED)
-
-
-def write_json_line(obj: dict) -> None:
+def write_json_line(obj: dict) -> bool:
+    """One JSON object on its own line; False when stdout's reader has gone (`| head`)."""
     try:
         sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
         sys.stdout.flush()
     except BrokenPipeError:
-        TextStream(sys.stdout).closed = True
+        silence_stdout()
+        return False
+    return True
 
 
-def run_jsonl(engine: Engine, request: Request, *, show_stats: bool) -> int:
-    """One result line per input line; a bad line gets an error object and the rest go on."""
-    failures = 0
-    for index, raw in enumerate(sys.stdin.buffer if hasattr(sys.stdin, "buffer") else sys.stdin):
-        line = raw.decode("utf-8", errors="strict") if isinstance(raw, bytes) else raw
-        if not line.strip():
+# -- --jsonl ---------------------------------------------------------------------------------
+
+
+def run_jsonl(engine: Engine, request: Request, *, show_stats: bool) -> None:
+    """One result line per input line; a bad line gets an error object and the rest go on.
+
+    Exits 1 at the end when a line failed, 130 on Ctrl-C (the finished lines stay written).
+    """
+    n_lines = n_failed = 0
+    for index, raw in enumerate(stdin_lines()):
+        if not raw.strip():
             continue
-        try:
-            line_request, prompt = parse_jsonl_line(line, request)
-            tokens = engine.tokenize_prompt(prompt, line_request)
-            generation = engine.generate(tokens, line_request)
-        except (SpecllmError, UnicodeDecodeError, ValueError) as e:
-            failures += 1
-            message = e.message if isinstance(e, SpecllmError) else str(e)
-            write_json_line({"index": index, "error": message})
-            continue
-        interrupted = _consume(generation)
-        write_json_line({"index": index, **result_object(generation)})
-        if show_stats:
-            s = generation.stats
-            stderr.print(f"[dim]line {index}: {s.generated} tokens, {s.tokens_per_second:.1f} tok/s, "
-                         f"acceptance {s.acceptance_rate:.0%}, finish {generation.finish_reason}[/]")
-        if interrupted:
-            raise typer.Exit(EXIT_INTERRUPTED)
-    return failures
+        n_lines += 1
+        result, stop = run_jsonl_line(engine, request, index, raw)
+        n_failed += "error" in result
+        if not write_json_line(result):
+            return  # nobody reads the results any more
+        if show_stats and "stats" in result:
+            print_line_stats(index, result)
+        if isinstance(stop, KeyboardInterrupt):
+            raise_stop(stop)
+    if n_lines == 0:
+        raise UsageError("standard input has no JSON lines",
+                         hint='one object per line, e.g. {"prompt": "def add(a, b):"}')
+    if n_failed:
+        raise typer.Exit(1)
+
+
+def run_jsonl_line(engine: Engine, request: Request, index: int, raw: bytes) -> tuple[dict, Stop]:
+    """The result object of one input line, and what stopped its generation early (if anything)."""
+    try:
+        line_request, prompt = parse_jsonl_line(raw, request)
+        tokens = engine.tokenize_prompt(prompt, line_request)
+        generation = engine.generate(tokens, line_request)
+    except SpecllmError as e:
+        return {"index": index, "error": e.message}, None
+    stop = drain(generation)
+    return {"index": index, **result_object(generation, stop)}, stop
+
+
+def print_line_stats(index: int, result: dict) -> None:
+    s = result["stats"]
+    stderr.print(f"line {index}: {s['generated']} tokens, {s['tokens_per_second']:.1f} tok/s, "
+                 f"acceptance {s['acceptance_rate']:.0%}, finish {result['finish_reason']}", style="dim",
+                 markup=False)
 
 
 JSONL_OVERRIDES = {
@@ -219,24 +285,34 @@ JSONL_OVERRIDES = {
 }
 
 
-def parse_jsonl_line(line: str, request: Request) -> tuple[Request, str]:
+def parse_jsonl_line(raw: bytes | str, request: Request) -> tuple[Request, str]:
+    """A line's request (the command line's, with the line's overrides) and its prompt."""
+    line = decode_utf8(raw, "the line") if isinstance(raw, bytes) else raw
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         raise UsageError(f"not JSON: {e.msg} at column {e.colno}") from None
+    except RecursionError:  # [[[[... nested deeper than Python's parser goes
+        raise UsageError("not JSON: nested too deeply") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
         raise UsageError('each line needs a "prompt" string, e.g. {"prompt": "def add(a, b):"}')
-    overrides = {}
-    for key, kind in JSONL_OVERRIDES.items():
-        if key in obj:
-            value = obj[key]
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                raise UsageError(f'"{key}" must be {kind.__name__}, got {value!r}')
-            overrides[key] = value
-    line_request = with_overrides(request, overrides)
+    line_request = with_overrides(request, _overrides(obj))
     p = line_request.params
     check_sampling(p.temperature, p.top_k, p.top_p, p.min_p)
     check_positive("max_tokens", line_request.max_tokens, allow_zero=True)
-    return line_request, obj["prompt"]
+    check_seed(line_request.seed)
+    return line_request, check_text_is_utf8(obj["prompt"], "the prompt")
+
+
+def _overrides(obj: dict) -> dict:
+    overrides = {}
+    for key, kind in JSONL_OVERRIDES.items():
+        if key not in obj:
+            continue
+        value = obj[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise UsageError(f'"{key}" must be {kind.__name__}, got {value!r}')
+        overrides[key] = value
+    return overrides

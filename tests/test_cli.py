@@ -1,0 +1,286 @@
+"""The `specllm generate` command line (issue 2): where the prompt comes from, what goes to stdout
+and stderr, --json and --jsonl. In-process through typer's CliRunner on the tiny models; through a
+real process where a terminal or a pipe matters."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from specllm.cli import app
+from specllm.llama import Model
+
+# Settings a user's environment could bring in (options > SPECLLM_* > models.toml > defaults).
+ENV_SETTINGS = ("SPECLLM_MODEL", "SPECLLM_DRAFT_MODEL", "SPECLLM_MODE", "SPECLLM_CTX_SIZE", "SPECLLM_THREADS",
+                "SPECLLM_N_GPU_LAYERS", "SPECLLM_MODELS")
+PROMPT = "the cat said that it was for you and the"
+STATS_FIELDS = ("mode", "k", "rounds", "drafted", "accepted", "acceptance_rate", "mean_accepted_length",
+                "per_position_acceptance", "tokens_per_second", "prompt_tokens_per_second", "target_ms", "draft_ms")
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path, monkeypatch):
+    # Auto mode writes its cost profile to SPECLLM_CACHE; the user's own registry (in the config
+    # dir) and settings must not change what these tests see.
+    monkeypatch.setenv("SPECLLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    for name in ENV_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def generate(*args: object, input: str | bytes | None = None) -> Result:
+    """`specllm generate ARGS` in this process, on one thread (tiny models gain nothing from more)."""
+    return runner.invoke(app, ["generate", "-t", "1", *(str(a) for a in args)], input=input)
+
+
+def json_result(result: Result) -> dict:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def assert_clean_error(result: Result, exit_code: int, *fragments: str) -> None:
+    """A bad input: the expected exit code, one `error:` line naming the problem, no traceback."""
+    assert result.exit_code == exit_code, result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+# -- real processes ---------------------------------------------------------------------------
+
+
+def specllm_command() -> list[str]:
+    """The installed console script when there is one, else `python -m specllm`."""
+    script = Path(sys.executable).parent / "specllm"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "specllm"]
+
+
+def process_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ENV_SETTINGS}
+    env.update(SPECLLM_CACHE=str(tmp_path / "cache"), XDG_CONFIG_HOME=str(tmp_path / "config"), COLUMNS="100")
+    return env
+
+
+def read_until_exit(proc: subprocess.Popen, fd: int, timeout: float = 60) -> bytes:
+    """Everything written to the pty `fd` until the process exits."""
+    data, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # the other end closed
+                break
+            if not chunk:
+                break
+            data += chunk
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    return data
+
+
+# -- where the prompt comes from --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def greedy(tiny) -> dict:
+    """The target's own greedy continuation of PROMPT (plain decoding), as --json reports it."""
+    result = runner.invoke(app, ["generate", "-t", "1", "-m", str(tiny.target), "--mode", "none", "-n", "24",
+                                 "--json", PROMPT])
+    return json.loads(result.stdout)
+
+
+def test_prompt_argument_streams_the_text_to_stdout(tiny, greedy):
+    result = generate("-m", tiny.target, "--mode", "none", "-n", 24, PROMPT)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == greedy["text"]
+    assert greedy["text"].strip()
+
+
+def test_dash_reads_the_prompt_from_stdin(tiny, greedy):
+    result = generate("-m", tiny.target, "--mode", "none", "-n", 24, "--json", "-", input=PROMPT)
+    assert json_result(result)["prompt_tokens"] == greedy["prompt_tokens"]
+
+
+def test_piped_stdin_is_the_prompt(tiny, greedy):
+    result = generate("-m", tiny.target, "--mode", "none", "-n", 24, input=PROMPT)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == greedy["text"]
+
+
+def test_stdin_and_argument_are_joined_by_a_blank_line(tiny):
+    both = json_result(generate("-m", tiny.target, "--mode", "none", "-n", 4, "--json", "and then", input="the cat"))
+    joined = json_result(generate("-m", tiny.target, "--mode", "none", "-n", 4, "--json", "the cat\n\nand then"))
+    assert both["prompt_tokens"] == joined["prompt_tokens"]
+    vocab_model = Model(tiny.target, vocab_only=True)
+    try:
+        assert vocab_model.vocab.detokenize(both["prompt_tokens"]).endswith(b"the cat\n\nand then")
+    finally:
+        vocab_model.close()
+
+
+def test_a_terminal_without_a_prompt_is_a_usage_error_not_a_hang(tiny, tmp_path):
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.run([*specllm_command(), "generate", "-m", str(tiny.target)], stdin=terminal,
+                              capture_output=True, env=process_env(tmp_path), timeout=60)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().startswith("error: no prompt")
+    assert proc.stdout == b""
+
+
+# -- stdout carries only the text -------------------------------------------------------------
+
+
+def test_stdout_has_only_the_text_and_stderr_the_statistics(tiny):
+    result = generate("-m", tiny.target, "-md", tiny.draft_other, "--mode", "draft", "-n", 32, PROMPT)
+    text = json_result(generate("-m", tiny.target, "-md", tiny.draft_other, "--mode", "draft", "-n", 32, "--json",
+                                PROMPT))["text"]
+    assert result.exit_code == 0, result.output
+    assert result.stdout == text
+    for label in ("acceptance", "tokens/round", "per position", "time"):
+        assert label in result.stderr
+        assert label not in result.stdout
+
+
+def test_no_stats_leaves_stderr_empty(tiny):
+    result = generate("-m", tiny.target, "--mode", "ngram", "-n", 16, "--no-stats", PROMPT)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip()
+    assert result.stderr == ""
+
+
+def test_with_stderr_on_a_terminal_the_text_still_goes_to_stdout(tiny, tmp_path):
+    """The live display draws on stderr; the text must not be redirected into it."""
+    controller, terminal = pty.openpty()
+    cmd = [*specllm_command(), "generate", "-t", "1", "-m", str(tiny.target), "-md", str(tiny.draft_other),
+           "--mode", "draft", "-n", "40", PROMPT]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal,
+                            env=process_env(tmp_path))
+    os.close(terminal)
+    try:
+        screen = read_until_exit(proc, controller)
+    finally:
+        os.close(controller)
+    stdout = proc.stdout.read()
+    proc.stdout.close()
+    expected = json_result(generate("-m", tiny.target, "-md", tiny.draft_other, "--mode", "draft", "-n", 40,
+                                    "--json", PROMPT))["text"]
+    assert proc.returncode == 0
+    assert stdout.decode() == expected
+    assert b"acceptance" in screen
+
+
+# -- --json -----------------------------------------------------------------------------------
+
+
+def test_json_has_every_field_and_consistent_stats(tiny):
+    out = json_result(generate("-m", tiny.target, "-md", tiny.draft_copy, "--mode", "draft", "-k", 3, "-n", 20,
+                               "--json", PROMPT))
+    assert set(out) >= {"text", "prompt_tokens", "tokens", "from_draft", "finish_reason", "stats"}
+    assert set(out["stats"]) >= set(STATS_FIELDS)
+    assert len(out["tokens"]) == len(out["from_draft"]) == 20
+    assert out["finish_reason"] == "length"
+    stats = out["stats"]
+    assert stats["mode"] == "draft" and stats["k"] == 3
+    assert 0 <= stats["accepted"] <= stats["drafted"]
+    # The draft is the target's copy: every greedy draft is accepted.
+    assert stats["accepted"] == stats["drafted"] > 0
+    assert any(out["from_draft"])
+    assert 1.0 <= stats["mean_accepted_length"] <= 4.0
+    assert all(0.0 <= rate <= 1.0 for rate in stats["per_position_acceptance"])
+
+
+def test_json_prints_one_object_and_stats_on_stderr(tiny):
+    result = generate("-m", tiny.target, "--mode", "none", "-n", 8, "--json", PROMPT)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("\n") == 1
+    assert "tokens" in result.stderr
+
+
+# -- --jsonl ----------------------------------------------------------------------------------
+
+
+def test_jsonl_bad_line_between_good_ones(tiny, greedy):
+    lines = [
+        json.dumps({"prompt": PROMPT, "max_tokens": 24}),
+        '{"prompt": "unterminated',
+        json.dumps({"prompt": PROMPT, "max_tokens": 6}),
+    ]
+    result = generate("-m", tiny.target, "--mode", "none", "--jsonl", input="\n".join(lines) + "\n")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    out = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [o["index"] for o in out] == [0, 1, 2]
+    assert out[0]["text"] == greedy["text"]
+    assert "error" in out[1] and "not JSON" in out[1]["error"]
+    assert out[2]["tokens"] == greedy["tokens"][:6]
+    assert "error" not in out[0] and "error" not in out[2]
+
+
+def test_jsonl_all_good_lines_exit_0_with_per_line_overrides(tiny):
+    lines = [json.dumps({"prompt": "the cat", "max_tokens": 3}), "",
+             json.dumps({"prompt": "the dog", "max_tokens": 5, "temp": 0.7, "seed": 1})]
+    result = generate("-m", tiny.target, "--mode", "ngram", "--jsonl", input="\n".join(lines))
+    assert result.exit_code == 0, result.output
+    out = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [o["index"] for o in out] == [0, 2]
+    assert [len(o["tokens"]) for o in out] == [3, 5]
+    assert all(o["finish_reason"] == "length" for o in out)
+
+
+def test_jsonl_lines_lacking_a_prompt_or_with_bad_overrides_get_error_objects(tiny):
+    lines = ['["a list"]', '{"text": "no prompt"}', '{"prompt": "x", "temp": -1}', '{"prompt": "x", "max_tokens": "5"}',
+             '{"prompt": "the", "max_tokens": 2}']
+    result = generate("-m", tiny.target, "--mode", "none", "--jsonl", input="\n".join(lines))
+    assert result.exit_code == 1
+    out = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(out) == 5
+    assert all("error" in o for o in out[:4])
+    assert len(out[4]["tokens"]) == 2
+
+
+# -- help -------------------------------------------------------------------------------------
+
+
+def test_help_lists_commands_and_options():
+    top = runner.invoke(app, ["--help"])
+    assert top.exit_code == 0
+    assert "generate" in top.stdout
+    sub = runner.invoke(app, ["generate", "--help"])
+    assert sub.exit_code == 0
+    for option in ("--model", "--draft-model", "--draft-max", "--json", "--jsonl", "--temp", "Examples"):
+        assert option in sub.stdout
+
+
+def test_no_arguments_shows_the_help(tmp_path):
+    proc = subprocess.run(specllm_command(), capture_output=True, env=process_env(tmp_path), timeout=60)
+    assert b"Usage" in proc.stdout + proc.stderr
+    assert b"Traceback" not in proc.stderr
+
+
+def test_parse_errors_print_one_error_line(tmp_path):
+    proc = subprocess.run([*specllm_command(), "generate", "-k", "many", "hi"], capture_output=True,
+                          env=process_env(tmp_path), timeout=60)
+    assert proc.returncode == 2
+    stderr = proc.stderr.decode()
+    assert stderr.startswith("error: ") and "--draft-max" in stderr.splitlines()[0]
+    assert "Traceback" not in stderr
