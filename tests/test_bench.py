@@ -1,0 +1,415 @@
+"""`specllm bench`: the sweep, the cost model's maths, prompt files, output shapes; a short run on tiny models.
+
+Nothing here asserts a speed: timings on a shared machine are noise. Speeds only have to be
+positive numbers; everything else (counts, acceptance, which rows exist) is exact.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from specllm.auto import CostModel
+from specllm.bench import (
+    ALL_CATEGORIES, ROW_FIELDS, Bench, BenchConfig, BenchPrompt, BenchSettings, MeasuredCosts, Totals, add_stats,
+    best_k_by_model, conditional_acceptance, load_prompts, make_rows, model_best_ks, parse_prompts,
+    predicted_speedup, refused_row, select_prompts, sweep, write_csv,
+)
+from specllm.commands.bench import bench, parse_int_list, parse_modes
+from specllm.errors import UsageError
+from specllm.plot import overall_rows, require_matplotlib, terminal_plot, write_png
+from specllm.stats import SpecStats
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECLLM_CACHE", str(tmp_path / "cache"))
+
+
+# -- the sweep ----------------------------------------------------------------------------------
+
+
+def test_sweep_puts_the_baseline_first_then_every_k_of_every_drafter():
+    configs = sweep(("none", "ngram", "draft", "auto"), (2, 4), ["a.gguf", "b.gguf"])
+    assert configs == [
+        BenchConfig("none"),
+        BenchConfig("ngram", 2), BenchConfig("ngram", 4),
+        BenchConfig("draft", 2, "a.gguf"), BenchConfig("draft", 4, "a.gguf"),
+        BenchConfig("draft", 2, "b.gguf"), BenchConfig("draft", 4, "b.gguf"),
+        BenchConfig("auto", 4, "a.gguf"), BenchConfig("auto", 4, "b.gguf"),
+    ]
+
+
+def test_sweep_without_drafts_keeps_the_baseline_and_runs_auto_on_ngram_alone():
+    assert sweep(("none", "draft", "auto"), (3,), []) == [BenchConfig("none"), BenchConfig("auto", 3, None)]
+    assert sweep(("none",), (2, 3), ["a.gguf"]) == [BenchConfig("none")]
+
+
+def test_config_labels():
+    assert BenchConfig("none").label == "none"
+    assert BenchConfig("ngram", 3).label == "ngram k=3"
+    assert BenchConfig("draft", 2, "small.gguf").label == "draft small k=2"
+    assert BenchConfig("auto", 8, "small.gguf").label == "auto small"
+
+
+def test_option_lists_are_parsed_sorted_and_checked():
+    assert parse_int_list("4, 2,2,8", "--k", low=1, high=32) == (2, 4, 8)
+    for bad in ("", "2,x", "0,2", "2,33"):
+        with pytest.raises(UsageError):
+            parse_int_list(bad, "--k", low=1, high=32)
+    assert parse_modes("draft") == ("none", "draft")  # the baseline always runs
+    assert parse_modes("auto,ngram") == ("none", "ngram", "auto")
+    with pytest.raises(UsageError, match="fast"):
+        parse_modes("ngram,fast")
+
+
+# -- the cost model (hand-computed values) -------------------------------------------------------
+
+
+def costs(target_ms: dict[int, float], draft_ms: float | None = None) -> CostModel:
+    return CostModel(target={n: ms / 1e3 for n, ms in target_ms.items()},
+                     draft={1: draft_ms / 1e3} if draft_ms is not None else {})
+
+
+def test_conditional_acceptance_undoes_the_running_product():
+    assert conditional_acceptance([0.8, 0.6, 0.3]) == pytest.approx([0.8, 0.75, 0.5])
+    assert conditional_acceptance([0.0, 0.0]) == [0.0, 0.0]
+    assert conditional_acceptance([]) == []
+
+
+def test_predicted_speedup_is_expected_tokens_over_round_cost():
+    # alphas 0.8, 0.75: E(2) = 1 + 0.8 + 0.6 = 2.4; a round costs 2 * 2 + T(3) = 18 ms; plain 1 per 10 ms.
+    model = costs({1: 10.0, 2: 12.0, 3: 14.0}, draft_ms=2.0)
+    assert predicted_speedup([0.8, 0.6], 2, model) == pytest.approx(10 * 2.4 / 18)
+    # Half the rounds draft: tokens 1 + 0.5 * 1.4 = 1.7 per round, cost 0.5 * 10 + 0.5 * 18 = 14 ms.
+    assert predicted_speedup([0.8, 0.6], 2, model, draft_share=0.5) == pytest.approx(10 * 1.7 / 14)
+    # n-gram drafts cost nothing to make: 10 * 2.4 / 14.
+    assert predicted_speedup([0.8, 0.6], 2, costs({1: 10.0, 3: 14.0})) == pytest.approx(10 * 2.4 / 14)
+    # k = 1 only uses the first position: E(1) = 1.8, cost 2 + 12 = 14 ms.
+    assert predicted_speedup([0.8, 0.6], 1, model) == pytest.approx(10 * 1.8 / 14)
+
+
+def test_best_k_by_model_weighs_acceptance_against_cost():
+    per_position = [0.9, 0.81, 0.729]  # alpha = 0.9 at every position
+    # E(k) = 1, 1.9, 2.71, 3.439; cost(k) = k * 1 + T(k+1) = 10, 12, 14, 16 ms: k = 3 is best.
+    k, speedup = best_k_by_model(per_position, costs({1: 10, 2: 11, 3: 12, 4: 13}, draft_ms=1.0), max_k=3)
+    assert k == 3
+    assert speedup == pytest.approx(10 * 3.439 / 16)
+    # The same acceptance with a draft as slow as the target: drafting never pays.
+    assert best_k_by_model(per_position, costs({1: 10, 2: 11, 3: 12, 4: 13}, draft_ms=10.0), max_k=3) == (0, 1.0)
+    # max_k caps the search.
+    assert best_k_by_model(per_position, costs({1: 10, 2: 11, 3: 12, 4: 13}, draft_ms=1.0), max_k=1)[0] == 1
+
+
+def test_measured_costs_give_auto_its_cost_model():
+    measured = MeasuredCosts(prompt_tokens=10, target={1: 0.01, 2: 0.012}, draft={"d.gguf": 0.002})
+    assert measured.model_for("d.gguf").draft_time(1) == 0.002
+    assert measured.model_for(None).draft_time(1) == 0.0
+    assert measured.model_for(None).target_time(2) == 0.012
+    assert measured.to_dict()["target_ms"] == {"1": pytest.approx(10.0), "2": pytest.approx(12.0)}
+
+
+# -- adding up runs into rows --------------------------------------------------------------------
+
+
+def stats_of(rounds: list[tuple[int, int]], seconds: float, mode: str = "draft") -> SpecStats:
+    """A run of rounds (drafted, accepted), each emitting accepted + 1 tokens."""
+    s = SpecStats(mode=mode, prompt_tokens=20)
+    for drafted, accepted in rounds:
+        s.record_round("model" if drafted else "none", drafted, accepted, accepted + 1)
+    s.decode_seconds = seconds
+    s.target_seconds = seconds * 0.8
+    return s
+
+
+def test_add_stats_pools_counts_and_positions():
+    total = SpecStats()
+    add_stats(total, stats_of([(2, 2), (2, 0)], 1.0))
+    add_stats(total, stats_of([(3, 1)], 0.5))
+    assert (total.rounds, total.drafted, total.accepted, total.generated) == (3, 7, 3, 6)
+    assert total.drafted_at == [3, 3, 1]
+    assert total.accepted_at == [2, 1, 0]
+    assert total.decode_seconds == pytest.approx(1.5)
+    assert total.prompt_tokens == 40
+
+
+def test_rows_compare_each_configuration_with_its_groups_baseline():
+    base, draft = BenchConfig("none"), BenchConfig("draft", 2, "d.gguf")
+    totals = Totals()
+    group = ("code", None)
+    totals.add(base, group, stats_of([(0, 0)] * 10, 1.0, "none"))  # 10 tok/s
+    totals.add(draft, group, stats_of([(2, 2), (2, 1), (2, 0), (2, 2)], 0.5))  # 9 tokens in 0.5 s
+    measured = {None: MeasuredCosts(20, target={1: 0.1, 3: 0.12}, draft={"d.gguf": 0.01})}
+    rows = make_rows([base, draft], [group], totals, measured)
+
+    assert [tuple(r) for r in rows] == [ROW_FIELDS, ROW_FIELDS]
+    plain, spec = rows
+    assert plain["speedup"] == 1.0 and plain["predicted_speedup"] == 1.0 and plain["tokens"] == 10
+    assert spec["tokens_per_second"] == pytest.approx(18.0)
+    assert spec["speedup"] == pytest.approx(1.8)
+    assert spec["acceptance_rate"] == pytest.approx(5 / 8)
+    assert spec["mean_accepted_length"] == pytest.approx(9 / 4)
+    assert spec["per_position_acceptance"] == pytest.approx([3 / 4, 2 / 4])
+    # E(2) = 1 + 0.75 + 0.5; a round costs 2 * 10 ms + 120 ms; plain 100 ms per token.
+    assert spec["predicted_speedup"] == pytest.approx(0.1 * 2.25 / 0.14)
+    assert spec["best"] and not plain["best"]
+    assert (spec["category"], spec["context_length"], spec["prompts"], spec["k"]) == ("code", None, 1, 2)
+
+    [best] = model_best_ks([base, draft], [group], totals, measured)
+    assert best["draft"] == "d.gguf" and best["k"] in (0, 1, 2)
+
+
+def test_a_refused_draft_is_a_row_with_its_reason():
+    row = refused_row("gemma.gguf", "vocabularies differ")
+    assert tuple(row) == ROW_FIELDS
+    assert row["refused"] == "vocabularies differ" and row["tokens_per_second"] is None
+
+
+def test_csv_has_one_header_and_a_line_per_row(tmp_path):
+    rows = [
+        {**dict.fromkeys(ROW_FIELDS), "mode": "draft", "k": 2, "per_position_acceptance": [0.5, 0.25], "best": True},
+        refused_row("gemma.gguf", "vocabularies differ"),
+    ]
+    path = tmp_path / "rows.csv"
+    write_csv(rows, path)
+    with path.open(newline="") as f:
+        read = list(csv.DictReader(f))
+    assert list(read[0]) == list(ROW_FIELDS)
+    assert read[0]["per_position_acceptance"] == "0.5000 0.2500"
+    assert read[1]["refused"] == "vocabularies differ" and read[1]["tokens_per_second"] == ""
+    with pytest.raises(UsageError, match="cannot write"):
+        write_csv(rows, tmp_path / "absent" / "rows.csv")
+
+
+# -- prompt files --------------------------------------------------------------------------------
+
+
+def test_plain_text_prompts_are_blank_line_separated_blocks():
+    text = "first line\nsecond line\n\n  \t\nthird\r\n\r\nfourth\n\n\n"
+    assert parse_prompts(text, jsonl=False) == [
+        BenchPrompt("first line\nsecond line"), BenchPrompt("third"), BenchPrompt("fourth")]
+
+
+def test_jsonl_prompts_with_prompt_or_spec_bench_turns_and_categories(tmp_path):
+    path = tmp_path / "set.jsonl"
+    path.write_text(
+        '{"prompt": "def add(a, b):", "category": "code"}\n'
+        "\n"
+        '{"question_id": 81, "category": "writing", "turns": ["Write a poem.", "Now shorter."]}\n'
+        '{"prompt": "no category"}\n'
+    )
+    assert load_prompts(path) == [
+        BenchPrompt("def add(a, b):", "code"), BenchPrompt("Write a poem.", "writing"), BenchPrompt("no category")]
+
+
+def test_jsonl_is_recognised_without_the_suffix(tmp_path):
+    path = tmp_path / "questions.txt"
+    path.write_text('{"turns": ["Hello?"]}\n')
+    assert load_prompts(path) == [BenchPrompt("Hello?")]
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"prompt": "ok"', "line 2: not JSON"),
+    ('["a list"]', "line 2: expected a JSON object"),
+    ('{"text": "no prompt"}', 'line 2: needs a "prompt" string or a "turns" list'),
+    ('{"turns": []}', '"turns" must be a non-empty list'),
+    ('{"turns": [3]}', "must be a non-empty string"),
+    ('{"prompt": "   "}', "must be a non-empty string"),
+    ('{"prompt": "x", "category": 7}', '"category" must be a non-empty string'),
+])
+def test_bad_jsonl_lines_are_usage_errors_naming_the_line(line, message):
+    with pytest.raises(UsageError, match=message.replace("[", r"\[")):
+        parse_prompts('{"prompt": "fine"}\n' + line + "\n", source="set.jsonl", jsonl=True)
+
+
+def test_unusable_prompt_files(tmp_path):
+    with pytest.raises(UsageError, match="not found"):
+        load_prompts(tmp_path / "absent.txt")
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9\n")
+    with pytest.raises(UsageError, match="not valid UTF-8"):
+        load_prompts(tmp_path / "latin1.txt")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(UsageError, match="no prompts"):
+        load_prompts(tmp_path / "empty.txt")
+
+
+def test_select_prompts_by_category_and_limit():
+    prompts = [BenchPrompt("a", "code"), BenchPrompt("b", "writing"), BenchPrompt("c", "code")]
+    assert select_prompts(prompts, ["code"]) == [prompts[0], prompts[2]]
+    assert select_prompts(prompts, None, 2) == prompts[:2]
+    with pytest.raises(UsageError) as info:
+        select_prompts(prompts, ["math"])
+    assert "code, writing" in info.value.hint
+
+
+# -- plots ---------------------------------------------------------------------------------------
+
+
+def sample_rows() -> list[dict]:
+    def row(mode, k, tps, acc, draft=None, category=ALL_CATEGORIES, best=False):
+        return {**dict.fromkeys(ROW_FIELDS), "mode": mode, "k": k, "draft": draft, "category": category,
+                "tokens_per_second": tps, "acceptance_rate": acc, "best": best}
+    return [
+        row("none", 0, 10.0, 0.0),
+        row("ngram", 2, 11.0, 0.3),
+        row("draft", 2, 14.0, 0.8, "small.gguf", best=True),
+        row("draft", 4, 12.0, 0.6, "small.gguf"),
+        row("auto", 4, 13.0, 0.7, "small.gguf"),
+        row("none", 0, 99.0, 0.0, category="code"),  # a category row: the plots show the overall ones
+        refused_row("gemma.gguf", "vocabularies differ"),
+    ]
+
+
+def test_terminal_plot_shows_overall_speed_and_acceptance_by_k():
+    assert len(overall_rows(sample_rows())) == 5
+    text = terminal_plot(sample_rows()).plain
+    assert "draft small k=2" in text and "auto small" in text
+    assert "99.0" not in text and "gemma" not in text
+    assert "acceptance by k" in text and "80%" in text
+
+
+def test_png_is_written(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib is an optional extra (pip install 'specllm[plot]')")
+    path = tmp_path / "bench.png"
+    write_png(sample_rows(), path, title="test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_missing_matplotlib_is_one_clear_error(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+    with pytest.raises(UsageError, match="--plot needs matplotlib") as info:
+        require_matplotlib()
+    assert "specllm[plot]" in info.value.hint
+
+
+# -- on the tiny models --------------------------------------------------------------------------
+
+# One thread: the tiny models need no more, and on a busy machine llama.cpp's threads wait on each other.
+THREADS = 1
+TWO_PROMPTS = [BenchPrompt("the cat said that it was for you and the", "words"),
+               BenchPrompt("def add(a, b):\n    return a + b\n\ndef", "code")]
+
+
+def test_a_bench_run_measures_every_configuration_and_refuses_another_vocabulary(tiny):
+    settings = BenchSettings(target=str(tiny.target), drafts=(str(tiny.draft_copy), str(tiny.other_vocab)),
+                             ks=(2, 3), max_tokens=8, ignore_eos=True, seed=1, warmup_tokens=2, threads=THREADS)
+    with Bench(settings) as bench_:
+        result = bench_.run(TWO_PROMPTS)
+
+    measured = [r for r in result.rows if not r["refused"]]
+    overall = [r for r in measured if r["category"] == ALL_CATEGORIES]
+    assert [(r["mode"], r["draft"], r["k"]) for r in overall] == [
+        ("none", None, 0), ("ngram", None, 2), ("ngram", None, 3),
+        ("draft", "draft_copy.gguf", 2), ("draft", "draft_copy.gguf", 3), ("auto", "draft_copy.gguf", 3)]
+    assert {r["category"] for r in measured} == {"words", "code", ALL_CATEGORIES}
+    for row in measured:
+        assert row["tokens"] == 8 * row["prompts"]  # --ignore-eos: equal counts
+        assert 0.0 <= row["acceptance_rate"] <= 1.0
+        assert row["tokens_per_second"] > 0 and row["speedup"] > 0
+        assert sum(r["best"] for r in measured if r["category"] == row["category"]) == 1
+    for row in overall:
+        if row["mode"] == "draft":
+            assert row["acceptance_rate"] == 1.0  # a copy of the target agrees on every greedy token
+            assert row["predicted_speedup"] > 0
+
+    [refused] = [r for r in result.rows if r["refused"]]
+    assert refused["draft"] == "other_vocab.gguf" and "vocabularies differ" in refused["refused"]
+    assert result.costs[None].target.keys() == {1, 2, 3, 4}
+    assert "draft_copy.gguf" in result.costs[None].draft
+    assert json.loads(json.dumps(result.to_dict()))["rows"] == result.rows
+
+
+def test_with_cross_vocab_another_vocabulary_drafts_through_text(tiny):
+    settings = BenchSettings(target=str(tiny.target), drafts=(str(tiny.other_vocab),), ks=(2,), modes=("none", "draft"),
+                             max_tokens=8, ignore_eos=True, warmup_tokens=2, threads=THREADS, cross_vocab=True)
+    with Bench(settings) as bench_:
+        result = bench_.run(TWO_PROMPTS[:1])
+    assert not result.refused
+    [row] = [r for r in result.rows if r["mode"] == "draft"]
+    assert row["draft"] == "other_vocab.gguf" and row["tokens"] == 8
+    assert 0.0 <= row["acceptance_rate"] <= 1.0
+    assert any("through text" in w for w in result.warnings)
+
+
+def test_prompts_are_padded_to_the_context_lengths(tiny):
+    settings = BenchSettings(target=str(tiny.target), ks=(2,), max_tokens=4, context_lengths=(12, 200, 600),
+                             threads=THREADS)
+    with Bench(settings) as bench_:
+        groups = bench_.prepare(TWO_PROMPTS)
+        warnings = bench_.warnings
+    assert list(groups) == [200, 600]  # both prompts are longer than 12 tokens
+    assert any("12 tokens" in w for w in warnings)
+    for length, group in groups.items():
+        assert len(group) == 2
+        for prompt in group:
+            assert abs(len(prompt.tokens) - length) <= length * 0.1
+            assert prompt.context_length == length
+
+
+def test_a_context_too_small_for_the_prompts_is_a_usage_error(tiny):
+    settings = BenchSettings(target=str(tiny.target), ks=(2,), max_tokens=64, ctx_size=64, threads=THREADS)
+    with Bench(settings) as bench_, pytest.raises(UsageError, match="does not fit") as info:
+        bench_.prepare(TWO_PROMPTS)
+    assert "--ctx-size" in info.value.hint
+
+
+@pytest.fixture
+def run_bench_cli():
+    app = typer.Typer()
+    app.command()(bench)
+    app.command("other")(lambda: None)  # two commands, so `bench` is a subcommand as in specllm's app
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, ["bench", "-t", str(THREADS), *map(str, args)])
+
+
+def test_cli_json_csv_and_plot(tiny, tmp_path, run_bench_cli):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p.text, "category": p.category}) + "\n" for p in TWO_PROMPTS))
+    csv_path, png_path = tmp_path / "rows.csv", tmp_path / "plot.png"
+    args = ["-m", tiny.target, "-md", tiny.draft_copy, "-md", tiny.other_vocab, "--k", "2,3", "-n", 8,
+            "--prompts", prompts, "--ignore-eos", "--modes", "draft", "--json", "--csv", csv_path]
+    has_matplotlib = True
+    try:
+        require_matplotlib()
+    except UsageError:
+        has_matplotlib = False
+    if has_matplotlib:
+        args += ["--plot", png_path]
+    result = run_bench_cli(*args)
+    assert result.exit_code == 0, result.output
+
+    document = json.loads(result.stdout)
+    assert {"target", "settings", "costs", "best_k", "rows"} <= document.keys()
+    modes = [(r["mode"], r["k"]) for r in document["rows"] if r["category"] == ALL_CATEGORIES]
+    assert modes == [("none", 0), ("draft", 2), ("draft", 3)]
+    assert any(r["refused"] and "vocabularies differ" in r["refused"] for r in document["rows"])
+    assert "refused other_vocab.gguf" in result.stderr  # tables and plot go to stderr with --json
+    assert "tokens/s" in result.stderr
+    with csv_path.open(newline="") as f:
+        assert len(list(csv.DictReader(f))) == len(document["rows"])
+    if has_matplotlib:
+        assert png_path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_table_goes_to_stdout(tiny, run_bench_cli):
+    result = run_bench_cli("-m", tiny.target, "--k", "2", "-n", 4, "--limit", 1, "--modes", "ngram")
+    assert result.exit_code == 0, result.output
+    assert "tok/s" in result.stdout and "ngram" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--k", "0"], "--k values must be between"),
+    (["--modes", "fast"], "--modes takes some of"),
+    (["--category", "nothing"], "no prompt of category nothing"),
+    (["-n", "0"], "--max-tokens must be >= 1"),
+    (["--prompts", "absent.jsonl"], "prompt file not found"),
+])
+def test_cli_usage_errors_are_one_line(tiny, run_bench_cli, args, message):
+    result = run_bench_cli("-m", tiny.target, *args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.output
