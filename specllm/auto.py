@@ -32,6 +32,9 @@ from .llama import Context
 EMA_WEIGHT = 0.2  # weight of a new cost measurement
 MARGIN = 1.03  # a draft must promise 3% more tokens/s than a plain step
 CONFIDENCE_BUCKETS = np.array([0.2, 0.4, 0.6, 0.8, 0.9, 0.97])
+# A draft model this far behind is not worth a look just to re-measure it: catching up
+# would cost more than the look can win back.
+MAX_EXPLORE_LAG = 8
 
 
 def expected_tokens(alphas: Sequence[float]) -> list[float]:
@@ -168,9 +171,47 @@ class AcceptanceTable:
         c[1] = c[1] * self.fade + 1.0
 
 
-def _ngram_prior(key) -> float:
-    n, position = key
-    return min(0.3 + 0.1 * n, 0.7) * (0.9**position)
+# Match-length buckets (lower bounds) and how likely a draft after such a match is accepted
+# before anything is learned. A match of 2-3 tokens is often chance; 10+ tokens is a copy.
+MATCH_BUCKETS = (1, 2, 3, 4, 6, 10, 16)
+MATCH_PRIOR = {1: 0.15, 2: 0.25, 3: 0.35, 4: 0.45, 6: 0.6, 10: 0.7, 16: 0.8}
+POSITION_DECAY = 0.9
+
+
+def match_bucket(match_length: int) -> int:
+    return max(b for b in MATCH_BUCKETS if b <= max(match_length, 1))
+
+
+class NgramAcceptance:
+    """alpha of n-gram drafts by (match-length bucket, draft position).
+
+    A key's prior is its static guess scaled by how this generation's n-gram drafts have fared
+    against their static guesses so far: on a summary most matches continue, in fresh code few
+    do, and a bucket not tried yet should inherit that rather than a fixed guess.
+    """
+
+    def __init__(self):
+        self.by_bucket = AcceptanceTable(self._prior, prior_weight=2.0, fade=0.97)
+        self._accepted = 1.0  # fading sums of outcomes and of static guesses, with a prior of 1:1
+        self._expected = 1.0
+
+    @staticmethod
+    def static_prior(key) -> float:
+        bucket, position = key
+        return MATCH_PRIOR[bucket] * POSITION_DECAY**position
+
+    def _prior(self, key) -> float:
+        return min(self.static_prior(key) * self._accepted / self._expected, 0.95)
+
+    def estimate(self, match_length: int, position: int) -> float:
+        return self.by_bucket.estimate((match_bucket(match_length), position))
+
+    def observe(self, match_length: int, position: int, accepted: bool) -> None:
+        key = (match_bucket(match_length), position)
+        self._accepted = 0.97 * self._accepted + float(accepted)
+        self._expected = 0.97 * self._expected + self.static_prior(key)
+        self.by_bucket.observe(key, accepted)
+
 
 
 def _confidence_prior(bucket) -> float:
@@ -213,17 +254,25 @@ class AutoPolicy:
         tokens, n = self.ngram.lookup(history, k_max)
         ngram_k, ngram_rate = 0, 0.0
         if tokens:
-            alphas = [self.learned.ngram.estimate((n, i)) for i in range(len(tokens))]
+            alphas = [self.learned.ngram.estimate(n, i) for i in range(len(tokens))]
             ngram_k, ngram_rate = best_draft_length(alphas, lambda k: self.costs.target_time(k + 1))
         lookup_seconds = time.perf_counter() - start
 
         model_rate = self.learned.model_rate(plain) if self.model is not None else 0.0
-        explore = self.model is not None and self.learned.should_explore_model()
+        explore = (
+            self.model is not None
+            and self.learned.should_explore_model()
+            and self._model_lag(history) <= MAX_EXPLORE_LAG
+        )
         if ngram_k > 0 and ngram_rate >= max(plain * MARGIN, model_rate):
             return self._chosen(Draft(tokens=tokens[:ngram_k], source="ngram", ngram_size=n), lookup_seconds)
         if self.model is not None and (model_rate > plain * MARGIN or explore):
             return self._model_draft(history, k_max, rng)
         return self._chosen(NO_DRAFT, lookup_seconds)
+
+    def _model_lag(self, history: Sequence[int]) -> int:
+        """About how many tokens the draft model must decode before it can draft."""
+        return len(history) - self.model.context.n_past
 
     def _model_draft(self, history: Sequence[int], k_max: int, rng: np.random.Generator) -> Draft:
         start = time.perf_counter()
@@ -259,7 +308,7 @@ class AutoPolicy:
         verified = min(len(draft), n_accepted + 1)  # positions after the first rejection are unobserved
         if source == "ngram":
             for i in range(verified):
-                self.learned.ngram.observe((draft.ngram_size, i), i < n_accepted)
+                self.learned.ngram.observe(draft.ngram_size, i, i < n_accepted)
         elif source == "model":
             for i in range(verified):
                 self.learned.observe_confidence(draft.confidence[i], i < n_accepted)
@@ -271,7 +320,7 @@ class Learned:
     """What auto mode has learned about acceptance; shared by the generations of one engine."""
 
     def __init__(self):
-        self.ngram = AcceptanceTable(_ngram_prior)
+        self.ngram = NgramAcceptance()
         self.confidence = AcceptanceTable(_confidence_prior, prior_weight=4.0, fade=0.995)
         self.model_rounds_rate: Optional[float] = None
         self.rounds = 0

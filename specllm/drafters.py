@@ -24,7 +24,7 @@ class Draft:
     source: str = "none"  # "model", "ngram" or "none"
     # The draft model's probability of each drafted token (auto mode's acceptance signal).
     confidence: list[float] | None = None
-    ngram_size: int = 0  # for n-gram drafts: the length of the match
+    ngram_size: int = 0  # for n-gram drafts: the length of the match (n-gram size or more)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -181,7 +181,12 @@ class NgramDrafter:
         self._history = list(history)
 
     def lookup(self, history: Sequence[int], k: int) -> tuple[list[int], int]:
-        """(proposed tokens, n-gram size that matched); ([], 0) when nothing matches."""
+        """(proposed tokens, match length); ([], 0) when nothing matches.
+
+        The match length is how far back the history agrees with the text before the match
+        (at least the n-gram size, at most MAX_MATCH_LENGTH): a long match means the output is
+        copying a passage, and copies tend to go on.
+        """
         self._index(history)
         for n in self.sizes:
             if len(history) <= n:
@@ -190,7 +195,7 @@ class NgramDrafter:
             if start is not None:
                 continuation = history[start + n : start + n + k]
                 if continuation:
-                    return list(continuation), n
+                    return list(continuation), n + _backward_match(history, start, len(history) - n)
         return [], 0
 
     def propose(
@@ -198,6 +203,17 @@ class NgramDrafter:
     ) -> Draft:
         tokens, size = self.lookup(history, k)
         return Draft(tokens=tokens, source="ngram", ngram_size=size) if tokens else NO_DRAFT
+
+
+MAX_MATCH_LENGTH = 32
+
+
+def _backward_match(history: Sequence[int], a: int, b: int) -> int:
+    """How many tokens before positions a and b (a < b) agree, up to MAX_MATCH_LENGTH - n."""
+    length = 0
+    while length < MAX_MATCH_LENGTH and a - length - 1 >= 0 and history[a - length - 1] == history[b - length - 1]:
+        length += 1
+    return length
 
 
 class NoDrafter:
