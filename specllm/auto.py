@@ -63,6 +63,8 @@ class CostModel:
 
     target: dict[int, float] = field(default_factory=dict)
     draft: dict[int, float] = field(default_factory=dict)
+    # Tokens/s of model-draft rounds relative to plain decoding, as last measured here.
+    model_rate_ratio: Optional[float] = None
 
     @staticmethod
     def _lookup(table: dict[int, float], n: int) -> float:
@@ -100,9 +102,9 @@ class CostModel:
 
     def calibrate(self, target: Context, draft: Optional[Context], max_batch: int) -> None:
         """Time one decode of each batch size 1..max_batch (after a warm-up) on scratch positions."""
-        self.target.update(_time_batches(target, range(1, max_batch + 1)))
+        self.target.update(time_batches(target, range(1, max_batch + 1)))
         if draft is not None:
-            self.draft.update(_time_batches(draft, (1, 2, 4, 8)))
+            self.draft.update(time_batches(draft, (1, 2, 4, 8)))
 
     # A measured profile is reused across runs of the same models and settings.
     def save(self, path: Path, key: str) -> None:
@@ -110,7 +112,8 @@ class CostModel:
             data = json.loads(path.read_text()) if path.exists() else {}
         except (OSError, ValueError):
             data = {}
-        data[key] = {"target": self.target, "draft": self.draft, "saved": time.time()}
+        data[key] = {"target": self.target, "draft": self.draft, "model_rate_ratio": self.model_rate_ratio,
+                     "saved": time.time()}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
@@ -124,12 +127,14 @@ class CostModel:
             entry = json.loads(path.read_text())[key]
             self.target = {int(n): float(s) for n, s in entry["target"].items()}
             self.draft = {int(n): float(s) for n, s in entry["draft"].items()}
+            ratio = entry.get("model_rate_ratio")
+            self.model_rate_ratio = float(ratio) if ratio is not None else None
         except (OSError, ValueError, KeyError, TypeError):
             return False
         return bool(self.target)
 
 
-def _time_batches(ctx: Context, sizes: Sequence[int]) -> dict[int, float]:
+def time_batches(ctx: Context, sizes: Sequence[int]) -> dict[int, float]:
     """Decode scratch tokens after the cached ones, time each batch, then forget them."""
     n_keep = ctx.n_past
     sizes = [n for n in sizes if n_keep + 1 + n <= ctx.n_ctx]
@@ -336,6 +341,21 @@ class Learned:
     def model_rate(self, plain_rate: float) -> float:
         # Untried: optimistic, so that the draft model gets measured.
         return self.model_rounds_rate if self.model_rounds_rate is not None else plain_rate * 1.5
+
+    def start_from(self, model_rate_ratio: Optional[float], plain_rate: float) -> None:
+        """Begin with what earlier runs on this machine measured, instead of probing the draft
+        model at the start of every generation (a probe costs more than short outputs win)."""
+        if model_rate_ratio is None or plain_rate <= 0:
+            return
+        self.model_rounds_rate = model_rate_ratio * plain_rate
+        if model_rate_ratio < 1.0:
+            self.last_model_round = 0
+            self.explore_interval = 64
+
+    def model_rate_ratio(self, plain_rate: float) -> Optional[float]:
+        if self.model_rounds_rate is None or plain_rate <= 0:
+            return None
+        return self.model_rounds_rate / plain_rate
 
     def model_worth_trying(self, plain_rate: float) -> bool:
         return self.model_rate(plain_rate) > plain_rate

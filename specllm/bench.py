@@ -43,7 +43,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from . import llama
-from .auto import AutoPolicy, CostModel, Learned, _time_batches, best_draft_length, expected_tokens
+from .auto import AutoPolicy, CostModel, Learned, time_batches, best_draft_length, expected_tokens
 from .crossvocab import CrossVocabDrafter
 from .drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter
 from .engine import DEFAULT_CTX_SIZE, DEFAULT_NGRAM_SIZES
@@ -784,7 +784,7 @@ def _eager_auto(config: BenchConfig) -> tuple[Learned, CostModel]:
 def _best_times(ctx: llama.Context, sizes: Sequence[int]) -> dict[int, float]:
     best: dict[int, float] = {}
     for _ in range(TIMING_REPEATS):
-        for n, seconds in _time_batches(ctx, sizes).items():
+        for n, seconds in time_batches(ctx, sizes).items():
             best[n] = min(seconds, best.get(n, seconds))
     return best
 

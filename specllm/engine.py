@@ -177,10 +177,22 @@ class Engine:
             self.target_model.name, self.target_model.size_bytes, cfg.threads or os.cpu_count(), cfg.n_gpu_layers,
             self.draft_model.name if self.draft_model else "-", cfg.draft_threads, cfg.draft_n_gpu_layers, cfg.k,
         ))
-        profile = cost_profile_path()
-        if not self.costs.load(profile, key):
+        self._profile_key = key
+        if not self.costs.load(cost_profile_path(), key):
             self.costs.calibrate(self.target, self.draft, max_batch=cfg.k + 1)
-            self.costs.save(profile, key)
+            self.costs.save(cost_profile_path(), key)
+        self.learned.start_from(self.costs.model_rate_ratio, self._plain_rate())
+
+    def _plain_rate(self) -> float:
+        t1 = self.costs.target_time(1)
+        return 1.0 / t1 if t1 > 0 else 0.0
+
+    def _save_auto_profile(self) -> None:
+        """Keep the refined costs and the draft model's verdict for the next run."""
+        ratio = self.learned.model_rate_ratio(self._plain_rate())
+        if ratio is not None:
+            self.costs.model_rate_ratio = ratio
+        self.costs.save(cost_profile_path(), self._profile_key)
 
     def generate(self, prompt: Sequence[int], request: Request) -> Generation:
         rng = np.random.default_rng(request.seed)
@@ -195,6 +207,8 @@ class Engine:
         )
 
     def close(self) -> None:
+        if getattr(self, "_profile_key", None) and self.learned.rounds:
+            self._save_auto_profile()
         for obj in (self.draft, self.target, self.draft_model, self.target_model):
             if obj is not None:
                 obj.close()

@@ -62,3 +62,21 @@ def test_acceptance_table_starts_at_prior_and_learns():
 
 def test_confidence_buckets_are_ordered():
     assert confidence_bucket(0.05) < confidence_bucket(0.5) < confidence_bucket(0.95) < confidence_bucket(0.99)
+
+
+def test_draft_model_verdict_is_kept_between_runs(tmp_path):
+    from specllm.auto import Learned
+
+    path = tmp_path / "costs.json"
+    CostModel(target={1: 0.07}, model_rate_ratio=0.8).save(path, "key")
+    costs = CostModel()
+    assert costs.load(path, "key") and costs.model_rate_ratio == 0.8
+
+    slow = Learned()
+    slow.start_from(0.8, plain_rate=10.0)
+    assert slow.model_rate(10.0) == pytest.approx(8.0)
+    assert not slow.should_explore_model()  # no probe at the start of the next generation
+
+    fresh = Learned()
+    fresh.start_from(None, plain_rate=10.0)
+    assert fresh.should_explore_model() and fresh.model_rate(10.0) > 10.0  # untried: worth a look
