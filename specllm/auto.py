@@ -101,8 +101,10 @@ class CostModel:
         return bool(self.target)
 
     def calibrate(self, target: Context, draft: Optional[Context], max_batch: int) -> None:
-        """Time one decode of each batch size 1..max_batch (after a warm-up) on scratch positions."""
-        self.target.update(time_batches(target, range(1, max_batch + 1)))
+        """Time decodes of batch sizes up to max_batch (after a warm-up) on scratch positions:
+        every size up to 9, then a few larger ones (unmeasured sizes cost as the next larger)."""
+        sizes = sorted({n for n in (*range(1, 10), 12, 16, 24, 32) if n < max_batch} | {max_batch})
+        self.target.update(time_batches(target, sizes))
         if draft is not None:
             self.draft.update(time_batches(draft, (1, 2, 4, 8)))
 

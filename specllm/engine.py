@@ -21,8 +21,9 @@ from .sampling import SamplingParams
 from .speculative import DraftPolicy, FixedPolicy, Generation
 
 DEFAULT_K = 4
-# Auto mode's -k is only an upper bound: it picks each round's length itself.
-AUTO_DEFAULT_K = 8
+# Auto mode's -k is only an upper bound: it picks each round's length itself. Long drafts pay
+# when the output copies a passage of the prompt (summaries, RAG, edits).
+AUTO_DEFAULT_K = 16
 
 
 def default_k(mode: str) -> int:

@@ -40,7 +40,7 @@ ModeOpt = Annotated[
 DraftMaxOpt = Annotated[
     Optional[int],
     typer.Option("-k", "--draft-max", show_default=False, metavar="K", rich_help_panel=SPECULATION,
-                 help="Most tokens drafted per round (default 4; in auto mode the upper bound, default 8)."),
+                 help="Most tokens drafted per round (default 4; in auto mode the upper bound, default 16)."),
 ]
 NgramOpt = Annotated[
     Optional[str],

@@ -15,10 +15,11 @@ from typer.testing import CliRunner
 
 from specllm.auto import CostModel
 from specllm.bench import (
-    ALL_CATEGORIES, ROW_FIELDS, Bench, BenchConfig, BenchPrompt, BenchSettings, MeasuredCosts, Totals, add_stats,
-    best_k_by_model, conditional_acceptance, load_prompts, make_rows, model_best_ks, parse_prompts,
-    predicted_speedup, refused_row, select_prompts, sweep, write_csv,
+    ALL_CATEGORIES, ROW_FIELDS, Bench, BenchConfig, BenchSettings, MeasuredCosts, Totals, add_stats,
+    best_k_by_model, conditional_acceptance, make_rows, model_best_ks, predicted_speedup, refused_row, sweep,
+    write_csv,
 )
+from specllm.prompts import BenchPrompt, load_prompts, parse_prompts, select_prompts
 from specllm.commands.bench import bench, parse_int_list, parse_modes
 from specllm.errors import UsageError
 from specllm.plot import overall_rows, require_matplotlib, terminal_plot, write_png

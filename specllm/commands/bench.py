@@ -13,12 +13,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .. import llama
-from ..bench import (
-    ALL_CATEGORIES, BUILTIN_PROMPTS, MODES, BenchResult, BenchSettings, load_prompts, result_json, run_bench,
-    select_prompts, short_name, write_csv,
-)
+from ..bench import ALL_CATEGORIES, MODES, BenchResult, BenchSettings, result_json, run_bench, short_name, write_csv
 from ..console import reported_errors, stderr, warn
 from ..errors import UsageError
+from ..prompts import BUILTIN_PROMPTS, load_prompts, select_prompts
 from ..options import (
     FLAG, IO, MAX_DRAFT, MODELS, SAMPLING, SPECULATION, CrossVocabOpt, CtxSizeOpt, GpuLayersOpt, MaxTokensOpt,
     ModelOpt, NgramOpt, SeedOpt, TempOpt, ThreadsOpt, VerboseOpt, check_positive, check_sampling, check_seed,
