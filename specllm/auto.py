@@ -183,6 +183,7 @@ class AcceptanceTable:
 MATCH_BUCKETS = (1, 2, 3, 4, 6, 10, 16)
 MATCH_PRIOR = {1: 0.15, 2: 0.25, 3: 0.35, 4: 0.45, 6: 0.6, 10: 0.7, 16: 0.8}
 POSITION_DECAY = 0.9
+MATCH_REACH = 2  # n-gram drafts are at most this many times the match length
 
 
 def match_bucket(match_length: int) -> int:
@@ -259,6 +260,9 @@ class AutoPolicy:
 
         start = time.perf_counter()
         tokens, n = self.ngram.lookup(history, k_max)
+        # A match of n tokens predicts a copy of about that length, not more: long drafts are
+        # for long matches (a verify of 16 tokens costs 3-4 plain steps on a CPU).
+        tokens = tokens[: max(2, MATCH_REACH * n)]
         ngram_k, ngram_rate = 0, 0.0
         if tokens:
             alphas = [self.learned.ngram.estimate(n, i) for i in range(len(tokens))]
