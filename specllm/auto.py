@@ -82,6 +82,11 @@ class CostModel:
     def target_time(self, n: int) -> float:
         return self._lookup(self.target, n)
 
+    def plain_rate(self) -> float:
+        """Tokens per second of plain decoding: 1 / T(1) (0 before anything is measured)."""
+        t1 = self.target_time(1)
+        return 1.0 / t1 if t1 > 0 else 0.0
+
     def draft_time(self, n: int) -> float:
         return self._lookup(self.draft, n)
 
@@ -245,16 +250,12 @@ class AutoPolicy:
 
     def begin(self, prompt: Sequence[int]) -> None:
         self.ngram.begin(prompt)
-        if self.model is not None and self.learned.model_worth_trying(self._plain_rate()):
+        if self.model is not None and self.learned.model_worth_trying(self.costs.plain_rate()):
             self.model.begin(prompt)
-
-    def _plain_rate(self) -> float:
-        t1 = self.costs.target_time(1)
-        return 1.0 / t1 if t1 > 0 else 0.0
 
     def draft(self, history: Sequence[int], max_k: int, rng: np.random.Generator) -> Draft:
         k_max = min(self.k, max_k)
-        plain = self._plain_rate()
+        plain = self.costs.plain_rate()
         if k_max <= 0 or plain <= 0:
             return self._chosen(NO_DRAFT, 0.0)
 
@@ -323,7 +324,7 @@ class AutoPolicy:
         elif source == "model":
             for i in range(verified):
                 self.learned.observe_confidence(draft.confidence[i], i < n_accepted)
-            self.learned.observe_model_round((n_accepted + 1) / (draft_seconds + target_seconds), self._plain_rate())
+            self.learned.observe_model_round((n_accepted + 1) / (draft_seconds + target_seconds), self.costs.plain_rate())
         self.learned.rounds += 1
 
 

@@ -44,9 +44,9 @@ import numpy as np
 
 from . import llama
 from .auto import AutoPolicy, CostModel, Learned, time_batches, best_draft_length, expected_tokens
-from .crossvocab import CrossVocabDrafter
-from .drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter
-from .engine import DEFAULT_CTX_SIZE, DEFAULT_NGRAM_SIZES
+from .drafters import Drafter, NgramDrafter, NoDrafter
+from .compat import Compatibility, ensure_compatible
+from .engine import DEFAULT_CTX_SIZE, DEFAULT_NGRAM_SIZES, make_model_drafter
 from .errors import IncompatibleModelsError, SpecllmError, UsageError
 from .llama import common_prefix_length
 from .sampling import SamplingParams
@@ -354,8 +354,11 @@ class LoadedDraft:
     name: str
     model: llama.Model
     context: llama.Context
-    suppressed: list[int]  # ids it must never propose
-    through_text: bool = False  # another vocabulary: drafts go through text (crossvocab.py)
+    compatibility: Optional[Compatibility]  # None: another vocabulary, drafts go through text
+
+    @property
+    def through_text(self) -> bool:
+        return self.compatibility is None
 
 
 @dataclass
@@ -430,7 +433,6 @@ class Bench:
             raise
 
     def _load_draft(self, path: str) -> None:
-        from .compat import ensure_compatible
 
         name = Path(path).name
         while name in self.refused or any(d.name == name for d in self.drafts):
@@ -456,10 +458,7 @@ class Bench:
         except SpecllmError:
             model.close()
             raise
-        suppressed = list(compatibility.masked_ids) if compatibility else []
-        if self.settings.ignore_eos:
-            suppressed += model.vocab.eog_ids
-        self.drafts.append(LoadedDraft(name, model, context, suppressed, through_text=compatibility is None))
+        self.drafts.append(LoadedDraft(name, model, context, compatibility))
 
     @property
     def configs(self) -> list[BenchConfig]:
@@ -577,9 +576,8 @@ class Bench:
 
     def _model_drafter(self, name: str) -> Drafter:
         draft = next(d for d in self.drafts if d.name == name)
-        if draft.through_text:
-            return CrossVocabDrafter(draft.context, self.target_model.vocab, self.settings.params)
-        return ModelDrafter(draft.context, self.settings.params, self.target_model.vocab.n_tokens, draft.suppressed)
+        return make_model_drafter(draft.context, self.target_model.vocab, draft.compatibility, self.settings.params,
+                                  ignore_eos=self.settings.ignore_eos)
 
     def _generate(
         self,

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import llama
+from .compat import Compatibility, ensure_compatible
 from .crossvocab import CrossVocabDrafter
 from .drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter
 from .errors import IncompatibleModelsError, UsageError
@@ -97,8 +98,6 @@ class Engine:
             self._prepare_auto()
 
     def _load_draft(self) -> None:
-        from .compat import ensure_compatible
-
         cfg = self.config
         ngl = cfg.n_gpu_layers if cfg.draft_n_gpu_layers is None else cfg.draft_n_gpu_layers
         self.draft_model = llama.Model(cfg.draft, n_gpu_layers=ngl)
@@ -158,13 +157,20 @@ class Engine:
     def _model_drafter(self, request: Request) -> Optional[Drafter]:
         if self.draft is None:
             return None
-        if self.compatibility is None:
-            return CrossVocabDrafter(self.draft, self.target_model.vocab, request.params)
-        # Shared ids whose texts differ would be verified as something else: never propose them.
-        suppressed = list(self.compatibility.masked_ids)
-        if request.ignore_eos:
-            suppressed += self.draft_model.vocab.eog_ids
-        return ModelDrafter(self.draft, request.params, self.target_model.vocab.n_tokens, suppressed)
+        return make_model_drafter(
+            self.draft, self.target_model.vocab, self.compatibility, request.params, ignore_eos=request.ignore_eos
+        )
+
+    def forget_learning(self) -> None:
+        """Start the next generation as a new run would: with the measured costs and the saved
+        verdict on the draft model, but nothing else learned (used by scripts/auto-vs-plain)."""
+        from .auto import Learned
+
+        ratio = self.learned.model_rate_ratio(self.costs.plain_rate())
+        if ratio is not None:
+            self.costs.model_rate_ratio = ratio
+        self.learned = Learned()
+        self.learned.start_from(self.costs.model_rate_ratio, self.costs.plain_rate())
 
     def _prepare_auto(self) -> None:
         """Auto mode's knowledge: this machine's measured costs (calibrated once, then cached
@@ -182,15 +188,11 @@ class Engine:
         if not self.costs.load(cost_profile_path(), key):
             self.costs.calibrate(self.target, self.draft, max_batch=cfg.k + 1)
             self.costs.save(cost_profile_path(), key)
-        self.learned.start_from(self.costs.model_rate_ratio, self._plain_rate())
-
-    def _plain_rate(self) -> float:
-        t1 = self.costs.target_time(1)
-        return 1.0 / t1 if t1 > 0 else 0.0
+        self.learned.start_from(self.costs.model_rate_ratio, self.costs.plain_rate())
 
     def _save_auto_profile(self) -> None:
         """Keep the refined costs and the draft model's verdict for the next run."""
-        ratio = self.learned.model_rate_ratio(self._plain_rate())
+        ratio = self.learned.model_rate_ratio(self.costs.plain_rate())
         if ratio is not None:
             self.costs.model_rate_ratio = ratio
         self.costs.save(cost_profile_path(), self._profile_key)
@@ -220,6 +222,25 @@ class Engine:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def make_model_drafter(
+    context: llama.Context,
+    target_vocab: llama.Vocab,
+    compatibility: Optional[Compatibility],
+    params: SamplingParams,
+    *,
+    ignore_eos: bool,
+) -> Drafter:
+    """The drafter for a loaded draft model: token ids when the vocabularies pair
+    (`compatibility`), through text when they do not (None: --cross-vocab)."""
+    if compatibility is None:
+        return CrossVocabDrafter(context, target_vocab, params)
+    # Shared ids whose texts differ would be verified as something else: never propose them.
+    suppressed = list(compatibility.masked_ids)
+    if ignore_eos:
+        suppressed += context.model.vocab.eog_ids
+    return ModelDrafter(context, params, target_vocab.n_tokens, suppressed)
 
 
 def with_overrides(request: Request, overrides: dict) -> Request:
