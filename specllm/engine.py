@@ -64,6 +64,13 @@ class Request:
     chat: bool = False
     ignore_eos: bool = False
     truncate: bool = False
+    # Per-request speculation settings (bench runs, server requests); None: the engine's own.
+    mode: Optional[str] = None
+    k: Optional[int] = None
+    # "gumbel" (drafter-invariant: one seed, one text whatever the drafter) or "rejection".
+    sampler: str = "gumbel"
+    # Stop strings (server): generation ends before the first one; they are not emitted.
+    stop: tuple[str, ...] = ()
 
 
 class Engine:
@@ -142,13 +149,21 @@ class Engine:
 
     def make_policy(self, request: Request) -> DraftPolicy:
         cfg = self.config
-        if cfg.mode == "none":
+        mode = request.mode or cfg.mode
+        k = request.k if request.k is not None else cfg.k
+        if mode == "none":
             return FixedPolicy(NoDrafter(), 0, mode="none")
-        if cfg.mode == "ngram":
-            return FixedPolicy(NgramDrafter(cfg.ngram_sizes), cfg.k, mode="ngram")
+        if mode == "ngram":
+            return FixedPolicy(NgramDrafter(cfg.ngram_sizes), k, mode="ngram")
         model_drafter = self._model_drafter(request)
-        if cfg.mode == "draft":
-            return FixedPolicy(model_drafter, cfg.k, mode="draft")
+        if mode == "draft":
+            if model_drafter is None:
+                raise UsageError("--mode draft needs a draft model (-md)")
+            return FixedPolicy(model_drafter, k, mode="draft")
+        if mode != "auto":
+            raise UsageError(f"unknown mode {mode!r} (auto, draft, ngram or none)")
+        if not hasattr(self, "costs"):
+            self._prepare_auto()
         from .auto import AutoPolicy
 
         return AutoPolicy(NgramDrafter(cfg.ngram_sizes), model_drafter, max_k=cfg.k, costs=self.costs,
