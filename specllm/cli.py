@@ -9,7 +9,7 @@ import typer
 from typer.exceptions import TyperException
 
 from . import __version__
-from .commands import generate as generate_cmd
+from .commands import bench, check, generate, models
 from .console import EXIT_INTERRUPTED, print_error
 
 app = typer.Typer(
@@ -21,7 +21,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.command(name="generate")(generate_cmd.generate)
+# Every command, explicitly: a missing module is an ImportError here, never a silently absent command.
+app.command(name="generate")(generate.generate)
+app.command(name="check")(check.check)
+app.add_typer(models.app, name="models")
+app.command(name="bench")(bench.bench)
 
 
 def _show_version(value: bool) -> None:
@@ -36,27 +40,6 @@ def _options(
                                           is_eager=True, metavar="")] = False,
 ) -> None:
     pass
-
-
-def _register_optional_commands() -> None:
-    # Commands whose modules are written in parallel; each registers itself when present.
-    import importlib
-
-    for module_name, register in (
-        ("check", lambda m: app.command(name="check")(m.check)),
-        ("models", lambda m: app.add_typer(m.app, name="models")),
-        ("bench", lambda m: app.command(name="bench")(m.bench)),
-    ):
-        try:
-            module = importlib.import_module(f"specllm.commands.{module_name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"specllm.commands.{module_name}":
-                raise
-            continue
-        register(module)
-
-
-_register_optional_commands()
 
 
 def main() -> None:

@@ -6,14 +6,17 @@ import contextlib
 import os
 import sys
 import traceback
-from typing import Iterator
+from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.text import Text
 from typer.exceptions import TyperException
 
 from .errors import SpecllmError
+from .registry.progress import FetchProgress, Transfer
 
 # Everything but the generated text goes to stderr, so pipes stay clean.
 stderr = Console(stderr=True, highlight=False)
@@ -78,3 +81,31 @@ def reported_errors(verbose: bool = False) -> Iterator[None]:
 def _print_traceback(verbose: bool) -> None:
     if verbose:
         traceback.print_exc(file=sys.stderr)
+
+
+class _BarTransfer(Transfer):
+    def __init__(self, bar: Progress, task: object):
+        self.bar, self.task = bar, task
+
+    def advance(self, n_bytes: int) -> None:
+        self.bar.advance(self.task, n_bytes)
+
+    def describe(self, description: str) -> None:
+        self.bar.update(self.task, description=escape(description))
+
+
+class FetchBars(FetchProgress):
+    """A model fetch shown on stderr: a line per step, a bar (bytes, speed, time left) per transfer."""
+
+    def note(self, message: str) -> None:
+        stderr.print(escape(message), soft_wrap=True)
+
+    def warn(self, message: str) -> None:
+        warn(escape(message))
+
+    @contextlib.contextmanager
+    def transfer(self, description: str, total: Optional[int]) -> Iterator[Transfer]:
+        columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                   TimeRemainingColumn())
+        with Progress(*columns, console=stderr) as bar:
+            yield _BarTransfer(bar, bar.add_task(escape(description), total=total))

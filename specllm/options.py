@@ -1,22 +1,16 @@
-"""CLI option types shared between commands (llama.cpp-style short names), and their checks.
+"""CLI option types shared between commands (llama.cpp-style short names).
 
-Precedence of settings: command-line option > environment variable (SPECLLM_*) > models.toml
-(the pair's recommended settings) > the built-in defaults below.
+Defaults, checks and the precedence of settings (option > SPECLLM_* > models.toml > built-in)
+live in config.py; the help texts here are written from its constants.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Optional
 
 import typer
 
-from .errors import UsageError
-
-MODES = ("auto", "draft", "ngram", "none")
-MAX_DRAFT = 32
-MIN_CTX = 16
-MAX_CTX = 1 << 24  # llama.cpp takes n_ctx as uint32; larger values would silently wrap
+from .config import AUTO_DEFAULT_K, DEFAULT_K, DEFAULT_MODE, DEFAULT_NGRAM_SIZES, MODES, format_sizes
 
 # --help groups the options in these panels.
 MODELS, SPECULATION, SAMPLING, IO = "Models and hardware", "Speculation", "Sampling", "Input and output"
@@ -34,17 +28,19 @@ DraftModelOpt = Annotated[
 ]
 ModeOpt = Annotated[
     Optional[str],
-    typer.Option("--mode", help="auto | draft | ngram | none (plain decoding). Default: auto.",
+    typer.Option("--mode", help=f"{' | '.join(MODES)} (none: plain decoding). Default: {DEFAULT_MODE}.",
                  envvar="SPECLLM_MODE", show_default=False, metavar="MODE", rich_help_panel=SPECULATION),
 ]
 DraftMaxOpt = Annotated[
     Optional[int],
     typer.Option("-k", "--draft-max", show_default=False, metavar="K", rich_help_panel=SPECULATION,
-                 help="Most tokens drafted per round (default 4; in auto mode the upper bound, default 16)."),
+                 help=f"Most tokens drafted per round (default {DEFAULT_K}; in auto mode the upper bound, "
+                 f"default {AUTO_DEFAULT_K})."),
 ]
 NgramOpt = Annotated[
     Optional[str],
-    typer.Option("--ngram", help="N-gram sizes tried by the n-gram drafter, longest first (e.g. 4,3,2).",
+    typer.Option("--ngram", help="N-gram sizes tried by the n-gram drafter, longest first "
+                 f"(default {format_sizes(DEFAULT_NGRAM_SIZES)}).",
                  show_default=False, metavar="SIZES", rich_help_panel=SPECULATION),
 ]
 CtxSizeOpt = Annotated[
@@ -88,54 +84,3 @@ CrossVocabOpt = Annotated[
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log and tracebacks.", metavar=FLAG,
                                           rich_help_panel=IO)]
-
-
-def check_positive(name: str, value: Optional[int], *, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    if value < 0 or (value == 0 and not allow_zero):
-        raise UsageError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-
-def check_draft_max(k: Optional[int]) -> None:
-    if k is not None and not 1 <= k <= MAX_DRAFT:
-        raise UsageError(f"--draft-max must be between 1 and {MAX_DRAFT}, got {k}")
-
-
-def check_ctx_size(name: str, n_ctx: Optional[int]) -> None:
-    if n_ctx is not None and not MIN_CTX <= n_ctx <= MAX_CTX:
-        raise UsageError(f"{name} must be between {MIN_CTX} and {MAX_CTX} tokens, got {n_ctx}")
-
-
-def check_sampling(temp: float, top_k: int, top_p: float, min_p: float) -> None:
-    # `not x >= 0` rather than `x < 0`: NaN fails every comparison and must be refused too.
-    if not (temp >= 0.0 and math.isfinite(temp)):
-        raise UsageError(f"--temp must be a finite number >= 0, got {temp}")
-    if top_k < 0:
-        raise UsageError(f"--top-k must be >= 0, got {top_k}")
-    if not 0.0 < top_p <= 1.0:
-        raise UsageError(f"--top-p must be in (0, 1], got {top_p}")
-    if not 0.0 <= min_p <= 1.0:
-        raise UsageError(f"--min-p must be in [0, 1], got {min_p}")
-
-
-def check_seed(seed: Optional[int]) -> None:
-    if seed is not None and seed < 0:
-        raise UsageError(f"--seed must be >= 0, got {seed}", hint="leave --seed out for a random seed")
-
-
-def check_mode(mode: Optional[str]) -> None:
-    if mode is not None and mode not in MODES:
-        raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-
-
-def parse_ngram_sizes(text: Optional[str]) -> Optional[tuple[int, ...]]:
-    if text is None:
-        return None
-    try:
-        sizes = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise UsageError(f"--ngram takes comma-separated sizes like 4,3,2, got {text!r}") from None
-    if not sizes or min(sizes) < 1 or max(sizes) > 16:
-        raise UsageError(f"--ngram sizes must be between 1 and 16, got {text!r}")
-    return sizes

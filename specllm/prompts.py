@@ -1,10 +1,15 @@
 """Prompt sets for benchmarks: plain text blocks, JSONL (`prompt`, or Spec-Bench `turns` +
-`category`), and a small built-in set written for this project."""
+`category`, optionally gzipped), and a small built-in set written for this project.
+
+The one prompt loader of specllm bench and of the scripts (auto-vs-plain, compare-llama-cpp).
+"""
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -18,6 +23,7 @@ DEFAULT_CATEGORY = "default"
 class BenchPrompt:
     text: str
     category: str = DEFAULT_CATEGORY
+    id: str = ""  # JSONL's "task_id" (HumanEval) or "question_id" (Spec-Bench), else "<file>:<line>"
 
 
 _RIVER_REPORT = """\
@@ -80,30 +86,36 @@ BUILTIN_PROMPTS = (
 )
 
 
-def load_prompts(path: Path) -> list[BenchPrompt]:
-    """Prompts from a file: JSONL (a .jsonl/.json file, or lines of JSON objects) or plain text."""
+def load_prompts(path: Path, *, default_category: str = DEFAULT_CATEGORY) -> list[BenchPrompt]:
+    """Prompts from a file: JSONL (a .jsonl/.json file, or lines of JSON objects) or plain text.
+    A .gz file is read decompressed. Prompts without a "category" get `default_category`."""
     try:
         data = path.read_bytes()
+        if path.suffix.lower() == ".gz":
+            data = gzip.decompress(data)
     except FileNotFoundError:
         raise UsageError(f"prompt file not found: {path}") from None
-    except OSError as e:
-        raise UsageError(f"cannot read prompt file {path}: {e.strerror}") from None
+    except OSError as e:  # also gzip.BadGzipFile
+        raise UsageError(f"cannot read prompt file {path}: {e.strerror or e}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise UsageError(f"{path} is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})") from None
-    jsonl = True if path.suffix.lower() in (".jsonl", ".json") else None
-    return parse_prompts(text, source=path.name, jsonl=jsonl)
+    suffix = path.suffixes[-2] if path.suffix.lower() == ".gz" and len(path.suffixes) > 1 else path.suffix
+    jsonl = True if suffix.lower() in (".jsonl", ".json") else None
+    return parse_prompts(text, source=path.name, jsonl=jsonl, default_category=default_category)
 
 
-def parse_prompts(text: str, *, source: str = "prompts", jsonl: Optional[bool] = None) -> list[BenchPrompt]:
+def parse_prompts(
+    text: str, *, source: str = "prompts", jsonl: Optional[bool] = None, default_category: str = DEFAULT_CATEGORY
+) -> list[BenchPrompt]:
     """Plain text: one prompt per block of lines, blocks separated by blank lines.
     JSONL: one object per line with a "prompt" string, or a Spec-Bench "turns" list (the first
     turn is used: later turns answer a reply the bench does not have), and an optional "category".
     `jsonl=None` guesses from the first line."""
     if jsonl is None:
         jsonl = _looks_like_jsonl(text)
-    prompts = _parse_jsonl(text, source) if jsonl else _parse_blocks(text)
+    prompts = _parse_jsonl(text, source, default_category) if jsonl else _parse_blocks(text, default_category)
     if not prompts:
         raise UsageError(f"{source} holds no prompts")
     return prompts
@@ -118,12 +130,12 @@ def _looks_like_jsonl(text: str) -> bool:
     return isinstance(obj, dict) and ("prompt" in obj or "turns" in obj)
 
 
-def _parse_blocks(text: str) -> list[BenchPrompt]:
+def _parse_blocks(text: str, category: str) -> list[BenchPrompt]:
     blocks = re.split(r"\n(?:[ \t]*\n)+", text.replace("\r\n", "\n"))
-    return [BenchPrompt(block.strip("\n")) for block in blocks if block.strip()]
+    return [BenchPrompt(block.strip("\n"), category) for block in blocks if block.strip()]
 
 
-def _parse_jsonl(text: str, source: str) -> list[BenchPrompt]:
+def _parse_jsonl(text: str, source: str, default_category: str) -> list[BenchPrompt]:
     prompts = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -133,11 +145,11 @@ def _parse_jsonl(text: str, source: str) -> list[BenchPrompt]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise UsageError(f"{where}: not JSON ({e.msg} at column {e.colno})") from None
-        prompts.append(_prompt_from_object(obj, where))
+        prompts.append(_prompt_from_object(obj, where, default_category, f"{source}:{number}"))
     return prompts
 
 
-def _prompt_from_object(obj: object, where: str) -> BenchPrompt:
+def _prompt_from_object(obj: object, where: str, default_category: str, default_id: str) -> BenchPrompt:
     if not isinstance(obj, dict):
         raise UsageError(f"{where}: expected a JSON object")
     if "prompt" in obj:
@@ -152,10 +164,11 @@ def _prompt_from_object(obj: object, where: str) -> BenchPrompt:
                          hint='e.g. {"prompt": "def add(a, b):", "category": "code"}')
     if not isinstance(text, str) or not text.strip():
         raise UsageError(f"{where}: the prompt must be a non-empty string")
-    category = obj.get("category", DEFAULT_CATEGORY)
+    category = obj.get("category", default_category)
     if not isinstance(category, str) or not category.strip():
         raise UsageError(f'{where}: "category" must be a non-empty string')
-    return BenchPrompt(text, category.strip())
+    prompt_id = obj.get("task_id", obj.get("question_id"))
+    return BenchPrompt(text, category.strip(), default_id if prompt_id is None else str(prompt_id))
 
 
 def select_prompts(
@@ -166,3 +179,21 @@ def select_prompts(
         known = ", ".join(dict.fromkeys(p.category for p in prompts))
         raise UsageError(f"no prompt of category {', '.join(categories or ())}", hint=f"the categories are: {known}")
     return chosen[:limit] if limit is not None else chosen
+
+
+def first_of_each_category(prompts: Sequence[BenchPrompt], n: Optional[int]) -> list[BenchPrompt]:
+    """The first `n` prompts of each category (all of them when n is None), in file order."""
+    if n is None:
+        return list(prompts)
+    taken: Counter = Counter()
+    chosen = []
+    for prompt in prompts:
+        if taken[prompt.category] < n:
+            taken[prompt.category] += 1
+            chosen.append(prompt)
+    return chosen
+
+
+def file_category(path: Path) -> str:
+    """A file's default category: its name before the first dot (HumanEval.jsonl.gz -> HumanEval)."""
+    return path.name.split(".")[0]

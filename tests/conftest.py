@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny GGUF models (built once per session) and the real-model switch."""
+"""Shared fixtures: the tiny GGUF models (built once per session), one cache and config dir for
+the session, and the real-model switch. Shared helpers (not fixtures) live in helpers.py."""
 
 from __future__ import annotations
 
@@ -7,13 +8,48 @@ from pathlib import Path
 
 import pytest
 
+from helpers import ENV_SETTINGS
 from tiny_models import TinyModels, build_tiny_models
 
-# Tiny models gain nothing from threads, and spinning llama.cpp threads crawl on a busy CPU.
-# The CLI reads -t from SPECLLM_THREADS; real-model tests pass their own -t.
-os.environ.setdefault("SPECLLM_THREADS", "1")
-
 REAL_MODELS_SKIP_REASON = "real Qwen models not cached (run `specllm models fetch --pair default`)"
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SPECLLM_CACHE for the session: auto mode calibrates its costs once per model and
+    settings, and every later test (in process or not) reads that profile instead of measuring
+    again. Greedy output does not depend on the profile; tests of the cache itself use their own."""
+    return tmp_path_factory.mktemp("specllm-cache")
+
+
+@pytest.fixture(scope="session")
+def empty_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("config")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(shared_cache: Path, empty_config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither the user's cache, registry and settings nor another test's files change what a test sees."""
+    monkeypatch.setenv("SPECLLM_CACHE", str(shared_cache))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(empty_config))
+    for name in ENV_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    # Tiny models gain nothing from threads, and spinning llama.cpp threads crawl on a busy CPU.
+    # The CLI reads -t from SPECLLM_THREADS; real-model tests pass their own -t.
+    monkeypatch.setenv("SPECLLM_THREADS", "1")
+
+
+@pytest.fixture
+def registry_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tmp_path as a fresh model cache and user registry (empty), and a pip that knows no index
+    but one a test names (SPECLLM_PIP_INDEX_URL)."""
+    monkeypatch.setenv("SPECLLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SPECLLM_MODELS", str(tmp_path / "user-models.toml"))
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    for name in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_INDEX_URL", "PIP_NO_INDEX"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "user-models.toml").write_text("")
+    return tmp_path
 
 
 @pytest.fixture(scope="session")
@@ -32,12 +68,12 @@ def _real_model_paths() -> tuple[Path, Path] | None:
     if target and draft:
         paths = Path(target).expanduser(), Path(draft).expanduser()
         return paths if all(p.is_file() for p in paths) else None
-    from specllm import models
+    from specllm import registry
 
     try:
-        registry = models.load_registry()
-        pair = registry.pair(models.DEFAULT_PAIR)
-        found = models.present_path(registry.model(pair.target)), models.present_path(registry.model(pair.draft))
+        known = registry.load_registry()
+        pair = known.pair(registry.DEFAULT_PAIR)
+        found = registry.present_path(known.model(pair.target)), registry.present_path(known.model(pair.draft))
     except Exception:  # a broken user registry must not break the unit tests
         return None
     return found if all(found) else None

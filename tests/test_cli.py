@@ -9,70 +9,15 @@ import os
 import pty
 import select
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner, Result
 
-from specllm.cli import app
+from helpers import PROMPT, generate, invoke, json_result, process_env, specllm_command
 from specllm.llama import Model
 
-# Settings a user's environment could bring in (options > SPECLLM_* > models.toml > defaults).
-ENV_SETTINGS = ("SPECLLM_MODEL", "SPECLLM_DRAFT_MODEL", "SPECLLM_MODE", "SPECLLM_CTX_SIZE", "SPECLLM_THREADS",
-                "SPECLLM_N_GPU_LAYERS", "SPECLLM_MODELS")
-PROMPT = "the cat said that it was for you and the"
 STATS_FIELDS = ("mode", "k", "rounds", "drafted", "accepted", "acceptance_rate", "mean_accepted_length",
                 "per_position_acceptance", "tokens_per_second", "prompt_tokens_per_second", "target_ms", "draft_ms")
-
-runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _isolated_env(tmp_path, monkeypatch):
-    # Auto mode writes its cost profile to SPECLLM_CACHE; the user's own registry (in the config
-    # dir) and settings must not change what these tests see.
-    monkeypatch.setenv("SPECLLM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    for name in ENV_SETTINGS:
-        monkeypatch.delenv(name, raising=False)
-
-
-def generate(*args: object, input: str | bytes | None = None) -> Result:
-    """`specllm generate ARGS` in this process, on one thread (tiny models gain nothing from more)."""
-    return runner.invoke(app, ["generate", "-t", "1", *(str(a) for a in args)], input=input)
-
-
-def json_result(result: Result) -> dict:
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
-
-
-def assert_clean_error(result: Result, exit_code: int, *fragments: str) -> None:
-    """A bad input: the expected exit code, one `error:` line naming the problem, no traceback."""
-    assert result.exit_code == exit_code, result.output
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-
-
-# -- real processes ---------------------------------------------------------------------------
-
-
-def specllm_command() -> list[str]:
-    """The installed console script when there is one, else `python -m specllm`."""
-    script = Path(sys.executable).parent / "specllm"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "specllm"]
-
-
-def process_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ENV_SETTINGS}
-    env.update(SPECLLM_CACHE=str(tmp_path / "cache"), XDG_CONFIG_HOME=str(tmp_path / "config"), COLUMNS="100")
-    return env
 
 
 def read_until_exit(proc: subprocess.Popen, fd: int, timeout: float = 60) -> bytes:
@@ -100,9 +45,7 @@ def read_until_exit(proc: subprocess.Popen, fd: int, timeout: float = 60) -> byt
 @pytest.fixture(scope="module")
 def greedy(tiny) -> dict:
     """The target's own greedy continuation of PROMPT (plain decoding), as --json reports it."""
-    result = runner.invoke(app, ["generate", "-t", "1", "-m", str(tiny.target), "--mode", "none", "-n", "24",
-                                 "--json", PROMPT])
-    return json.loads(result.stdout)
+    return json_result(generate("-m", tiny.target, "--mode", "none", "-n", 24, "--json", PROMPT))
 
 
 def test_prompt_argument_streams_the_text_to_stdout(tiny, greedy):
@@ -134,11 +77,11 @@ def test_stdin_and_argument_are_joined_by_a_blank_line(tiny):
         vocab_model.close()
 
 
-def test_a_terminal_without_a_prompt_is_a_usage_error_not_a_hang(tiny, tmp_path):
+def test_a_terminal_without_a_prompt_is_a_usage_error_not_a_hang(tiny):
     controller, terminal = pty.openpty()
     try:
         proc = subprocess.run([*specllm_command(), "generate", "-m", str(tiny.target)], stdin=terminal,
-                              capture_output=True, env=process_env(tmp_path), timeout=60)
+                              capture_output=True, env=process_env(), timeout=60)
     finally:
         os.close(controller)
         os.close(terminal)
@@ -168,13 +111,13 @@ def test_no_stats_leaves_stderr_empty(tiny):
     assert result.stderr == ""
 
 
-def test_with_stderr_on_a_terminal_the_text_still_goes_to_stdout(tiny, tmp_path):
+def test_with_stderr_on_a_terminal_the_text_still_goes_to_stdout(tiny):
     """The live display draws on stderr; the text must not be redirected into it."""
     controller, terminal = pty.openpty()
     cmd = [*specllm_command(), "generate", "-t", "1", "-m", str(tiny.target), "-md", str(tiny.draft_other),
            "--mode", "draft", "-n", "40", PROMPT]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal,
-                            env=process_env(tmp_path))
+                            env=process_env())
     os.close(terminal)
     try:
         screen = read_until_exit(proc, controller)
@@ -262,24 +205,24 @@ def test_jsonl_lines_lacking_a_prompt_or_with_bad_overrides_get_error_objects(ti
 
 
 def test_help_lists_commands_and_options():
-    top = runner.invoke(app, ["--help"])
+    top = invoke("--help")
     assert top.exit_code == 0
     assert "generate" in top.stdout
-    sub = runner.invoke(app, ["generate", "--help"])
+    sub = invoke("generate", "--help")
     assert sub.exit_code == 0
     for option in ("--model", "--draft-model", "--draft-max", "--json", "--jsonl", "--temp", "Examples"):
         assert option in sub.stdout
 
 
-def test_no_arguments_shows_the_help(tmp_path):
-    proc = subprocess.run(specllm_command(), capture_output=True, env=process_env(tmp_path), timeout=60)
+def test_no_arguments_shows_the_help():
+    proc = subprocess.run(specllm_command(), capture_output=True, env=process_env(), timeout=60)
     assert b"Usage" in proc.stdout + proc.stderr
     assert b"Traceback" not in proc.stderr
 
 
-def test_parse_errors_print_one_error_line(tmp_path):
+def test_parse_errors_print_one_error_line():
     proc = subprocess.run([*specllm_command(), "generate", "-k", "many", "hi"], capture_output=True,
-                          env=process_env(tmp_path), timeout=60)
+                          env=process_env(), timeout=60)
     assert proc.returncode == 2
     stderr = proc.stderr.decode()
     assert stderr.startswith("error: ") and "--draft-max" in stderr.splitlines()[0]

@@ -20,7 +20,7 @@ from specllm.engine import Engine, EngineConfig, Request
 from specllm.errors import IncompatibleModelsError
 from specllm.llama import Model
 from specllm.sampling import SamplingParams
-from test_speculative import CHI2_CRITICAL_P001, _chi_square, _first_token_counts, _target_first_token_probs
+from helpers import CHI2_CRITICAL_P001, chi_square, first_token_counts, run, target_first_token_probs
 from tiny_models import ENGLISH_WORDS, build_tiny_model, make_vocab
 
 PROMPTS = [
@@ -30,11 +30,6 @@ PROMPTS = [
 ]
 N_TOKENS = 48
 RNG = np.random.default_rng(0)
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPECLLM_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +49,6 @@ def target_vocab(tiny):
 
 def pieces(vocab, tokens) -> list[bytes]:
     return [vocab.piece(t) for t in tokens]
-
-
-def run(engine: Engine, prompt: str, request: Request):
-    generation = engine.generate(engine.tokenize_prompt(prompt, request), request)
-    for _ in generation:
-        pass
-    return generation.tokens, generation
 
 
 @pytest.fixture(scope="module")
@@ -256,8 +244,8 @@ def test_sampled_first_token_has_the_target_distribution(tiny, twin):
     params = SamplingParams(temperature=0.8, top_k=8)
     prompt = "the cat was up and the cat was up and the cat"
     with cross_vocab_engine(tiny, twin, k=4) as engine:
-        counts = _first_token_counts(engine, prompt, params, n=1500, vocab=engine.target.n_vocab)
-    probs = _target_first_token_probs(tiny.target, prompt, params)
-    chi2, dof = _chi_square(counts, probs)
+        counts = first_token_counts(engine, prompt, params, n=1500, vocab=engine.target.n_vocab)
+    probs = target_first_token_probs(tiny.target, prompt, params)
+    chi2, dof = chi_square(counts, probs)
     assert dof >= 1
     assert chi2 < CHI2_CRITICAL_P001[min(dof, 10)] * (1 if dof <= 10 else dof / 10), (chi2, dof)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import CHI2_CRITICAL_P001, chi_square, first_token_counts, target_first_token_probs
 from specllm.engine import Engine, EngineConfig, Request
-from specllm.llama import Context, Model
-from specllm.sampling import SamplingParams, logits_to_probs
+from specllm.sampling import SamplingParams
 
 PROMPTS = [
     "the cat said that it was for you and the",
@@ -127,38 +127,6 @@ def test_end_of_generation_inside_a_draft_ends_the_output(tmp_path):
     assert generation.finish_reason == "stop"
 
 
-def _first_token_counts(engine: Engine, prompt: str, params: SamplingParams, n: int, vocab: int) -> np.ndarray:
-    counts = np.zeros(vocab)
-    tokens = engine.tokenize_prompt(prompt, Request())
-    for seed in range(n):
-        generation = engine.generate(tokens, Request(max_tokens=5, params=params, seed=seed))
-        counts[next(iter(generation)).token] += 1
-    return counts
-
-
-def _target_first_token_probs(path, prompt: str, params: SamplingParams) -> np.ndarray:
-    model = Model(path)
-    with Context(model, n_ctx=256, n_threads=1) as ctx:
-        logits = ctx.decode(model.vocab.tokenize(prompt))[0]
-        probs = logits_to_probs(logits, params)
-    model.close()
-    return probs
-
-
-def _chi_square(counts: np.ndarray, probs: np.ndarray) -> tuple[float, int]:
-    n = counts.sum()
-    expected = n * probs
-    big = expected >= 5  # pool the rare tokens into one bin
-    observed = np.append(counts[big], counts[~big].sum())
-    expected = np.append(expected[big], expected[~big].sum())
-    keep = expected > 0
-    chi2 = float((((observed - expected) ** 2)[keep] / expected[keep]).sum())
-    return chi2, int(keep.sum()) - 1
-
-
-CHI2_CRITICAL_P001 = {1: 10.8, 2: 13.8, 3: 16.3, 4: 18.5, 5: 20.5, 6: 22.5, 7: 24.3, 8: 26.1, 9: 27.9, 10: 29.6}
-
-
 @pytest.mark.parametrize(
     "mode,draft_name,params",
     [
@@ -173,8 +141,8 @@ def test_sampled_first_token_has_the_target_distribution(tiny, mode, draft_name,
     draft = str(getattr(tiny, draft_name)) if draft_name else None
     config = config_for(target=str(tiny.target), draft=draft, mode=mode, k=4, ngram_sizes=(2, 1))
     with Engine(config) as engine:
-        counts = _first_token_counts(engine, prompt, params, n=1500, vocab=engine.target.n_vocab)
-    probs = _target_first_token_probs(tiny.target, prompt, params)
-    chi2, dof = _chi_square(counts, probs)
+        counts = first_token_counts(engine, prompt, params, n=1500, vocab=engine.target.n_vocab)
+    probs = target_first_token_probs(tiny.target, prompt, params)
+    chi2, dof = chi_square(counts, probs)
     assert dof >= 1
     assert chi2 < CHI2_CRITICAL_P001[min(dof, 10)] * (1 if dof <= 10 else dof / 10), (chi2, dof)

@@ -14,15 +14,15 @@ from rich.table import Table
 
 from .. import llama
 from ..bench import ALL_CATEGORIES, MODES, BenchResult, BenchSettings, result_json, run_bench, short_name, write_csv
-from ..console import reported_errors, stderr, warn
+from ..config import MAX_DRAFT, check_positive, check_sampling, check_seed, engine_config
+from ..console import FetchBars, reported_errors, stderr, warn
 from ..errors import UsageError
 from ..prompts import BUILTIN_PROMPTS, load_prompts, select_prompts
 from ..options import (
-    FLAG, IO, MAX_DRAFT, MODELS, SAMPLING, SPECULATION, CrossVocabOpt, CtxSizeOpt, GpuLayersOpt, MaxTokensOpt,
-    ModelOpt, NgramOpt, SeedOpt, TempOpt, ThreadsOpt, VerboseOpt, check_positive, check_sampling, check_seed,
+    FLAG, IO, MODELS, SAMPLING, SPECULATION, CrossVocabOpt, CtxSizeOpt, GpuLayersOpt, MaxTokensOpt,
+    ModelOpt, NgramOpt, SeedOpt, TempOpt, ThreadsOpt, VerboseOpt,
 )
 from ..sampling import SamplingParams
-from .common import engine_config
 
 TABLE_WIDTH = 150
 PER_POSITION_SHOWN = 6
@@ -113,11 +113,12 @@ def _settings(*, model, draft_models, ks, max_tokens, prompts, category, limit, 
     config = engine_config(
         model=model, draft_model=draft_models[0] if draft_models else None, mode=None, k=None, ngram=ngram,
         ctx_size=ctx_size, draft_ctx_size=None, threads=threads, draft_threads=None, n_gpu_layers=n_gpu_layers,
-        draft_n_gpu_layers=None, cross_vocab=cross_vocab,
+        draft_n_gpu_layers=None, cross_vocab=cross_vocab, progress=FetchBars(),
     )
-    from ..models import resolve_model
+    from ..registry import resolve_model
 
-    drafts = ([config.draft] if config.draft else []) + [str(resolve_model(d)) for d in draft_models[1:]]
+    drafts = ([config.draft] if config.draft else []) + [str(resolve_model(d, progress=FetchBars()))
+                                                         for d in draft_models[1:]]
     settings = BenchSettings(
         target=config.target, drafts=tuple(drafts), ks=k_values, modes=mode_list, max_tokens=max_tokens,
         params=SamplingParams(temperature=temp), seed=seed, ignore_eos=ignore_eos, chat=chat,

@@ -8,14 +8,15 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.filesize import decimal as format_size
 from rich.markup import escape
 from rich.table import Table
 
 from .. import llama
 from ..compat import Compatibility, VocabSummary, check_vocabularies, draft_size_warning
-from ..console import reported_errors, warn
-from ..models import format_size, resolve_model
+from ..console import FetchBars, reported_errors, warn
 from ..options import VerboseOpt
+from ..registry import resolve_model
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 
@@ -29,7 +30,7 @@ def check(
     """Compare the vocabularies of TARGET and DRAFT; exit 0 when the draft can draft for the target."""
     with reported_errors(verbose):
         llama.set_verbose(verbose)
-        paths = {"target": resolve_model(target), "draft": resolve_model(draft)}
+        paths = {role: resolve_model(name, progress=FetchBars()) for role, name in (("target", target), ("draft", draft))}
         summaries = {role: _read_vocab(path) for role, path in paths.items()}
     result = check_vocabularies(summaries["target"], summaries["draft"])
     warnings = list(result.warnings)

@@ -1,79 +1,13 @@
-"""Option handling shared by the commands that load models (generate, bench)."""
+"""Input handling shared by the commands: stdin, UTF-8 checks, flags from the environment."""
 
 from __future__ import annotations
 
 import io
 import os
 import sys
-from typing import BinaryIO, Iterator, Optional
+from typing import BinaryIO, Iterator
 
-from ..engine import DEFAULT_NGRAM_SIZES, EngineConfig, default_k
 from ..errors import UsageError
-from ..options import check_ctx_size, check_draft_max, check_mode, check_positive, parse_ngram_sizes
-
-
-def resolve_models(model: Optional[str], draft_model: Optional[str]) -> tuple[str, Optional[str], dict]:
-    """Paths of the target and draft, fetching registry models on first use.
-
-    No -m at all means the registry's default pair; its recommended settings come back as
-    the third value (lowest precedence, below options and environment variables).
-    """
-    from .. import models
-
-    if model is None:
-        pair, target_path, draft_path = models.resolve_pair()
-        draft = str(models.resolve_model(draft_model)) if draft_model else str(draft_path)
-        settings = {"mode": pair.mode, "k": pair.k, "cross_vocab": pair.cross_vocab}
-        if pair.ngram_min and pair.ngram_max:
-            settings["ngram_sizes"] = tuple(range(pair.ngram_max, pair.ngram_min - 1, -1))
-        return str(target_path), draft, settings
-    target = str(models.resolve_model(model))
-    draft = str(models.resolve_model(draft_model)) if draft_model else None
-    return target, draft, {}
-
-
-def engine_config(
-    *,
-    model: Optional[str],
-    draft_model: Optional[str],
-    mode: Optional[str],
-    k: Optional[int],
-    ngram: Optional[str],
-    ctx_size: int,
-    draft_ctx_size: Optional[int],
-    threads: Optional[int],
-    draft_threads: Optional[int],
-    n_gpu_layers: int,
-    draft_n_gpu_layers: Optional[int],
-    cross_vocab: bool = False,
-) -> EngineConfig:
-    check_mode(mode)
-    check_draft_max(k)
-    check_ctx_size("--ctx-size", ctx_size)
-    check_ctx_size("--draft-ctx-size", draft_ctx_size)
-    check_positive("--threads", threads)
-    check_positive("--draft-threads", draft_threads)
-    ngram_sizes = parse_ngram_sizes(ngram)
-    if mode == "draft" and not draft_model and model is not None:
-        raise UsageError("--mode draft needs a draft model (-md)")
-    target, draft, pair_settings = resolve_models(model, draft_model)
-    if mode == "draft" and not draft:
-        raise UsageError("--mode draft needs a draft model (-md)")
-    chosen_mode = mode or pair_settings.get("mode") or "auto"
-    return EngineConfig(
-        target=target,
-        draft=draft,
-        mode=chosen_mode,
-        k=k or pair_settings.get("k") or default_k(chosen_mode),
-        ngram_sizes=ngram_sizes or tuple(pair_settings.get("ngram_sizes", ())) or DEFAULT_NGRAM_SIZES,
-        ctx_size=ctx_size,
-        draft_ctx_size=draft_ctx_size,
-        threads=threads,
-        draft_threads=draft_threads,
-        n_gpu_layers=n_gpu_layers,
-        draft_n_gpu_layers=draft_n_gpu_layers,
-        cross_vocab=cross_vocab or bool(pair_settings.get("cross_vocab")),
-    )
 
 
 def stdin_is_terminal() -> bool:

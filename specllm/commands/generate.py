@@ -11,18 +11,19 @@ import typer
 from rich.markup import escape
 
 from .. import llama
-from ..console import EXIT_INTERRUPTED, reported_errors, silence_stdout, stderr, warn
+from ..config import DEFAULT_CTX_SIZE, check_positive, check_sampling, check_seed, engine_config
+from ..console import EXIT_INTERRUPTED, FetchBars, reported_errors, silence_stdout, stderr, warn
 from ..engine import Engine, Request, with_overrides
 from ..errors import SpecllmError, UsageError
 from ..options import (
     FLAG, IO, CrossVocabOpt, CtxSizeOpt, DraftCtxSizeOpt, DraftGpuLayersOpt, DraftMaxOpt, DraftModelOpt,
     DraftThreadsOpt, GpuLayersOpt, MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt, NgramOpt, SeedOpt, TempOpt, ThreadsOpt,
-    TopKOpt, TopPOpt, VerboseOpt, check_positive, check_sampling, check_seed,
+    TopKOpt, TopPOpt, VerboseOpt,
 )
 from ..render import LiveDisplay, TextStream, acceptance_warning, stats_table
 from ..sampling import SamplingParams
 from ..speculative import Generation, TokenEvent
-from .common import check_text_is_utf8, decode_utf8, engine_config, read_stdin_text, stdin_is_terminal, stdin_lines
+from .common import check_text_is_utf8, decode_utf8, read_stdin_text, stdin_is_terminal, stdin_lines
 
 # What stopped a generation early, if anything: Ctrl-C (KeyboardInterrupt) or a failure (SpecllmError).
 Stop = Optional[BaseException]
@@ -37,7 +38,7 @@ def generate(
     draft_max: DraftMaxOpt = None,
     ngram: NgramOpt = None,
     max_tokens: MaxTokensOpt = 256,
-    ctx_size: CtxSizeOpt = 4096,
+    ctx_size: CtxSizeOpt = DEFAULT_CTX_SIZE,
     draft_ctx_size: DraftCtxSizeOpt = None,
     threads: ThreadsOpt = None,
     draft_threads: DraftThreadsOpt = None,
@@ -87,7 +88,7 @@ def generate(
         config = engine_config(
             model=model, draft_model=draft_model, mode=mode, k=draft_max, ngram=ngram, ctx_size=ctx_size,
             draft_ctx_size=draft_ctx_size, threads=threads, draft_threads=draft_threads, n_gpu_layers=n_gpu_layers,
-            draft_n_gpu_layers=draft_n_gpu_layers, cross_vocab=cross_vocab,
+            draft_n_gpu_layers=draft_n_gpu_layers, cross_vocab=cross_vocab, progress=FetchBars(),
         )
         with Engine(config) as engine:
             for message in engine.warnings:

@@ -7,11 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.filesize import decimal as format_size
 from rich.markup import escape
 from rich.table import Table
 
-from .. import models
-from ..console import reported_errors, stderr
+from .. import paths, registry
+from ..console import FetchBars, reported_errors, stderr
 from ..errors import UsageError
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
@@ -27,27 +28,27 @@ app = typer.Typer(
 def list_models(json_: JsonOption = False, verbose: VerboseOption = False) -> None:
     """List the named models (family, size, cached or not) and the named pairs."""
     with reported_errors(verbose):
-        registry = models.load_registry()
-        present = {name: models.present_path(entry) for name, entry in registry.models.items()}
+        known = registry.load_registry()
+        present = {name: registry.present_path(entry) for name, entry in known.models.items()}
     if json_:
-        typer.echo(json.dumps(_registry_as_dict(registry, present), indent=2))
+        typer.echo(json.dumps(_registry_as_dict(known, present), indent=2))
         return
     out = Console()
     table = Table(title="models", title_justify="left")
     for column in ("name", "family", "size", "cached"):
         table.add_column(column, justify="right" if column == "size" else "left", overflow="fold")
-    for name, entry in registry.models.items():
-        size = models.format_size(entry.size) if entry.size else "?"
+    for name, entry in known.models.items():
+        size = format_size(entry.size) if entry.size else "?"
         table.add_row(escape(name), escape(entry.family), size, "yes" if present[name] else "no")
     out.print(table)
     pairs = Table(title="pairs", title_justify="left")
     for column in ("name", "target", "draft", "settings"):
         pairs.add_column(column, overflow="fold")
-    for name, pair in registry.pairs.items():
+    for name, pair in known.pairs.items():
         pairs.add_row(escape(name), escape(pair.target), escape(pair.draft), escape(_settings_text(pair)))
     out.print(pairs)
-    if len(registry.files) > 1:
-        out.print(f"user entries from {escape(str(registry.files[-1]))}")
+    if len(known.files) > 1:
+        out.print(f"user entries from {escape(str(known.files[-1]))}")
 
 
 @app.command("fetch")
@@ -60,14 +61,14 @@ def fetch(
     with reported_errors(verbose):
         if name and pair:
             raise UsageError("give a model name or --pair, not both")
-        registry = models.load_registry()
+        known = registry.load_registry()
         if name:
             names = [name]
         else:
-            chosen = registry.pair(pair or models.DEFAULT_PAIR)
+            chosen = known.pair(pair or registry.DEFAULT_PAIR)
             names = [chosen.target, chosen.draft]
         for model_name in names:
-            path = models.fetch_model(registry.model(model_name))
+            path = registry.fetch_model(known.model(model_name), progress=FetchBars())
             stderr.print(escape(f"{model_name}: {path}"), soft_wrap=True)
 
 
@@ -78,10 +79,10 @@ def path(
 ) -> None:
     """Print the file of a model, fetching it first if needed (for scripts)."""
     with reported_errors(verbose):
-        typer.echo(str(models.resolve_model(name)))
+        typer.echo(str(registry.resolve_model(name, progress=FetchBars())))
 
 
-def _settings_text(pair: models.Pair) -> str:
+def _settings_text(pair: registry.Pair) -> str:
     settings = {
         "mode": pair.mode,
         "k": pair.k,
@@ -91,14 +92,14 @@ def _settings_text(pair: models.Pair) -> str:
     return " ".join(f"{key}={value}" for key, value in settings.items() if value is not None)
 
 
-def _registry_as_dict(registry: models.Registry, present: dict) -> dict:
+def _registry_as_dict(known: registry.Registry, present: dict) -> dict:
     return {
         "models": [
-            {**models.entry_as_dict(entry), "cached": present[name] is not None,
+            {**entry.as_dict(), "cached": present[name] is not None,
              "file_path": str(present[name]) if present[name] else None}
-            for name, entry in registry.models.items()
+            for name, entry in known.models.items()
         ],
-        "pairs": [vars(pair) for pair in registry.pairs.values()],
-        "registry_files": [str(f) for f in registry.files],
-        "cache_dir": str(models.models_dir()),
+        "pairs": [vars(pair) for pair in known.pairs.values()],
+        "registry_files": [str(f) for f in known.files],
+        "cache_dir": str(paths.models_dir()),
     }  # fmt: skip
