@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from helpers import CHI2_CRITICAL_P001, chi_square, first_token_counts, target_first_token_probs
