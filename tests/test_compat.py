@@ -7,10 +7,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import typer
-from typer.testing import CliRunner
 
-from specllm.commands.check import check
+from helpers import invoke
 from specllm.compat import (
     MAX_SIZE_DIFFERENCE,
     VocabSummary,
@@ -150,11 +148,7 @@ def test_ensure_compatible_returns_a_warning_for_a_larger_draft():
 
 @pytest.fixture
 def run_check():
-    app = typer.Typer()
-    app.command()(check)
-    app.command("other")(lambda: None)  # two commands, so `check` is a subcommand as in specllm's app
-    runner = CliRunner()
-    return lambda *args: runner.invoke(app, ["check", *map(str, args)])
+    return lambda *args: invoke("check", *args)
 
 
 def test_check_accepts_a_copy_of_the_target(tiny, run_check):

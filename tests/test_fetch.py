@@ -14,12 +14,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import typer
-from typer.testing import CliRunner
 
 from helpers import invoke, write_user_registry
 from specllm import registry
-from specllm.commands import models as models_command
 from specllm.errors import RegistryError
 from specllm.registry import cache, huggingface, pypi_parts
 
@@ -256,10 +253,7 @@ def test_a_hub_only_model_without_huggingface_hub_says_what_to_install(registry_
 
 @pytest.fixture
 def cli():
-    app = typer.Typer()
-    app.add_typer(models_command.app, name="models")
-    runner = CliRunner()
-    return lambda *args: runner.invoke(app, ["models", *args])
+    return lambda *args: invoke("models", *args)
 
 
 def test_models_list_shows_qwen_and_cache_state(fake_index, registry_env, cli):
