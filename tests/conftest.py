@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ENV_SETTINGS
+from helpers import ENV_SETTINGS, cached_default_pair
 from tiny_models import TinyModels, build_tiny_models
 
 REAL_MODELS_SKIP_REASON = "real Qwen models not cached (run `specllm models fetch --pair default`)"
@@ -68,15 +68,10 @@ def _real_model_paths() -> tuple[Path, Path] | None:
     if target and draft:
         paths = Path(target).expanduser(), Path(draft).expanduser()
         return paths if all(p.is_file() for p in paths) else None
-    from specllm import registry
-
     try:
-        known = registry.load_registry()
-        pair = known.pair(registry.DEFAULT_PAIR)
-        found = registry.present_path(known.model(pair.target)), registry.present_path(known.model(pair.draft))
+        return cached_default_pair()
     except Exception:  # a broken user registry must not break the unit tests
         return None
-    return found if all(found) else None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -3,11 +3,12 @@ process and as a real process, running an engine, and the chi-square check of a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 from typer.testing import CliRunner, Result
@@ -80,6 +81,49 @@ def process_env() -> dict[str, str]:
 
 
 # -- the registry -------------------------------------------------------------------------------
+
+# Where the user keeps models, as the environment said before conftest.py isolated each test
+# (this module is imported first by conftest.py): real-model tests look there.
+USER_DIRS = {name: os.environ.get(name) for name in ("SPECLLM_CACHE", "XDG_CACHE_HOME", "SPECLLM_MODELS",
+                                                     "XDG_CONFIG_HOME")}
+
+
+def _set_environ(values: dict[str, Optional[str]]) -> None:
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@contextlib.contextmanager
+def user_dirs() -> Iterator[None]:
+    """The user's cache and registry dirs for the duration of the block."""
+    saved = {name: os.environ.get(name) for name in USER_DIRS}
+    _set_environ(USER_DIRS)
+    try:
+        yield
+    finally:
+        _set_environ(saved)
+
+
+def cached_real_model(name: str) -> Optional[Path]:
+    """A registry model's file in the user's cache, if it is there (nothing is fetched)."""
+    from specllm import registry
+
+    with user_dirs():
+        return registry.present_path(registry.load_registry().model(name))
+
+
+def cached_default_pair() -> Optional[tuple[Path, Path]]:
+    """The default pair's target and draft files in the user's cache, if both are there."""
+    from specllm import registry
+
+    with user_dirs():
+        pair = registry.load_registry().pair(registry.DEFAULT_PAIR)
+    found = cached_real_model(pair.target), cached_real_model(pair.draft)
+    return found if all(found) else None
+
 
 
 def write_user_registry(registry_env: Path, text: str) -> None:

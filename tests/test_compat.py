@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from helpers import invoke
+from helpers import cached_real_model, invoke
 from specllm.compat import (
     MAX_SIZE_DIFFERENCE,
     VocabSummary,
@@ -199,9 +199,7 @@ def test_check_of_a_file_that_is_not_gguf(tiny, run_check, tmp_path):
 
 
 def cached_model(name: str) -> Path:
-    from specllm import models
-
-    path = models.present_path(models.load_registry().model(name))
+    path = cached_real_model(name)
     if path is None:
         pytest.skip(f"{name} is not cached (run `specllm models fetch {name}`)")
     return path
