@@ -1,11 +1,12 @@
-"""Settings: the built-in defaults, the checks every setting passes, and their precedence.
+"""Settings: the checks every setting passes, and their precedence. One home for both.
 
 Precedence, highest first (each command applies it the same way):
 
     1. the command-line option
     2. its SPECLLM_* environment variable (typer reads it: see `envvar=` in options.py)
     3. the pair's settings in models.toml, when no -m is given (the default pair is used then)
-    4. the built-in defaults below
+    4. the built-in defaults: the engine's (DEFAULT_K, AUTO_DEFAULT_K, DEFAULT_NGRAM_SIZES,
+       DEFAULT_CTX_SIZE in engine.py, re-exported here) and the limits below
 
 Each rule is written once, here; the commands, the scripts and the help text (options.py) use
 these names rather than repeating a number.
@@ -14,30 +15,19 @@ these names rather than repeating a number.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
+# Re-exported: options.py, the commands and the scripts read every default here.
+from .engine import AUTO_DEFAULT_K, DEFAULT_CTX_SIZE, DEFAULT_K, DEFAULT_NGRAM_SIZES, EngineConfig, default_k  # noqa: F401
 from .errors import UsageError
 from .registry import SILENT, FetchProgress
 
-if TYPE_CHECKING:
-    from .engine import EngineConfig
-
 MODES = ("auto", "draft", "ngram", "none")
 DEFAULT_MODE = "auto"
-DEFAULT_K = 4
-# Auto mode's -k is only an upper bound: it picks each round's length itself. Long drafts pay
-# when the output copies a passage of the prompt (summaries, RAG, edits).
-AUTO_DEFAULT_K = 16
 MAX_DRAFT = 32  # the largest -k: one verification decode holds k + 1 tokens
-DEFAULT_NGRAM_SIZES = (4, 3, 2)
 NGRAM_SIZE_RANGE = (1, 16)  # an n-gram longer than 16 tokens almost never recurs
-DEFAULT_CTX_SIZE = 4096
 MIN_CTX = 16
 MAX_CTX = 1 << 24  # llama.cpp takes n_ctx as uint32; larger values would silently wrap
-
-
-def default_k(mode: str) -> int:
-    return AUTO_DEFAULT_K if mode == "auto" else DEFAULT_K
 
 
 # -- checks (each raises UsageError naming the option) -----------------------------------------
@@ -143,10 +133,8 @@ def engine_config(
     draft_n_gpu_layers: Optional[int],
     cross_vocab: bool = False,
     progress: FetchProgress = SILENT,
-) -> "EngineConfig":
+) -> EngineConfig:
     """Check the options, resolve the models (fetching them on first use) and apply the precedence."""
-    from .engine import EngineConfig
-
     check_mode(mode)
     check_draft_max(k)
     check_ctx_size("--ctx-size", ctx_size)

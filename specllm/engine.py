@@ -14,13 +14,23 @@ import numpy as np
 
 from . import llama
 from .compat import Compatibility, ensure_compatible
-from .config import DEFAULT_CTX_SIZE, DEFAULT_K, DEFAULT_NGRAM_SIZES
 from .crossvocab import CrossVocabDrafter
 from .drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter
 from .errors import IncompatibleModelsError, UsageError
 from .paths import cost_profile_path
 from .sampling import SamplingParams
 from .speculative import DraftPolicy, FixedPolicy, Generation
+
+DEFAULT_K = 4
+# Auto mode's -k is only an upper bound: it picks each round's length itself. Long drafts pay
+# when the output copies a passage of the prompt (summaries, RAG, edits).
+AUTO_DEFAULT_K = 16
+
+
+def default_k(mode: str) -> int:
+    return AUTO_DEFAULT_K if mode == "auto" else DEFAULT_K
+DEFAULT_NGRAM_SIZES = (4, 3, 2)
+DEFAULT_CTX_SIZE = 4096
 
 
 @dataclass(frozen=True)
