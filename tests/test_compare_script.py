@@ -254,3 +254,22 @@ def test_a_failed_build_names_the_compilers_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{bin_path}{os.pathsep}{os.environ['PATH']}")
     with pytest.raises(Failure, match="configuring llama.cpp failed .exit 2.: foo.cpp:1: error: nope"):
         build.build_llama_cpp(tmp_path, tmp_path, jobs=1)
+
+
+def test_a_run_of_specllm_configurations_end_to_end(tiny, tmp_path, capsys):
+    """Everything but llama.cpp: models, prompts in both formats, the runs, the JSON report."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "the cat said that", "category": "writing", "question_id": 7}) + "\n")
+    code = compare.main(["--prompts", str(prompts), "-m", str(tiny.target), "-md", str(tiny.draft_copy), "-t", "1",
+                         "-n", "8", "-c", "256", "--configs", "specllm-none,specllm-auto", "--prompt-format", "both",
+                         "--specllm", f"{sys.executable} -m specllm", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    document = json.loads(out)
+    assert sorted((r["prompt"], r["config"], r["tokens"]) for r in document["runs"]) == [
+        ("7 chat", "specllm-auto", 8), ("7 chat", "specllm-none", 8),
+        ("7 raw", "specllm-auto", 8), ("7 raw", "specllm-none", 8)]
+    assert document["prompt_token_mismatches"] == []
+    assert [row["category"] for row in document["summary"]] == ["writing raw", "writing chat", "overall raw",
+                                                                "overall chat"]
+    assert document["settings"]["prompt_format"] == "both"

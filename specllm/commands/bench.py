@@ -14,7 +14,7 @@ from rich.table import Table
 
 from .. import llama
 from ..bench import ALL_CATEGORIES, MODES, BenchResult, BenchSettings, result_json, run_bench, short_name, write_csv
-from ..config import MAX_DRAFT, check_positive, check_sampling, check_seed, engine_config
+from ..config import DEFAULT_CTX_SIZE, MAX_DRAFT, check_positive, check_sampling, check_seed, engine_config
 from ..console import FetchBars, reported_errors, stderr, warn
 from ..errors import UsageError
 from ..prompts import BUILTIN_PROMPTS, load_prompts, select_prompts
@@ -64,7 +64,7 @@ def bench(
                                        rich_help_panel=IO)] = False,
     ngram: NgramOpt = None,
     cross_vocab: CrossVocabOpt = False,
-    ctx_size: CtxSizeOpt = 4096,
+    ctx_size: CtxSizeOpt = DEFAULT_CTX_SIZE,
     threads: ThreadsOpt = None,
     n_gpu_layers: GpuLayersOpt = 0,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON document with a `rows` list.", metavar=FLAG,
