@@ -24,11 +24,6 @@ N_TOKENS = 40
 BATCH_NOISE = 1.0  # logit tolerance for a batched re-read
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPECLLM_CACHE", str(tmp_path / "cache"))
-
-
 def reread_logits(target_path, prompt: list[int], generated: list[int]) -> np.ndarray:
     """The target's logits for every generated position, from one independent batched decode."""
     model = Model(target_path)
