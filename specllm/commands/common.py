@@ -1,9 +1,8 @@
-"""Input handling shared by the commands: stdin, UTF-8 checks, flags from the environment."""
+"""Input handling shared by the commands: reading stdin, and refusing text that is not UTF-8."""
 
 from __future__ import annotations
 
 import io
-import os
 import sys
 from typing import BinaryIO, Iterator
 
@@ -52,7 +51,3 @@ def check_text_is_utf8(text: str, where: str) -> str:
             raise UsageError(f"{where} is not valid UTF-8 (a lone surrogate at character {e.start})") from None
         return decode_utf8(raw, where)
     return text
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")
