@@ -10,7 +10,7 @@ import gzip
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -23,7 +23,9 @@ DEFAULT_CATEGORY = "default"
 class BenchPrompt:
     text: str
     category: str = DEFAULT_CATEGORY
-    id: str = ""  # JSONL's "task_id" (HumanEval) or "question_id" (Spec-Bench), else "<file>:<line>"
+    # A label, not part of the prompt (equal prompts are equal whatever their ids): JSONL's
+    # "task_id" (HumanEval) or "question_id" (Spec-Bench), else "<file>:<line>".
+    id: str = field(default="", compare=False)
 
 
 _RIVER_REPORT = """\
