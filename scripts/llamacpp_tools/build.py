@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .util import Failure, first_error, last_line, log
+from .util import Failure, first_error, last_line, log, require_specllm
 
 TARGETS = ("llama-completion", "llama-speculative-simple")
 # LLAMA_CURL is gone from this llama.cpp (a deprecation warning); LLAMA_OPENSSL is what now pulls
@@ -54,6 +54,7 @@ def default_cache_dir(version: str) -> Path:
     named = os.environ.get("SPECLLM_LLAMA_CPP_CACHE")
     if named:
         return Path(named).expanduser()
+    require_specllm()
     from specllm.paths import llama_cpp_dir
 
     return llama_cpp_dir(version)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 
@@ -21,3 +22,10 @@ def first_error(text: str) -> str:
 def last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else "(no output)"
+
+
+def require_specllm() -> None:
+    """The scripts read prompts and paths through the specllm package: say so if it is missing."""
+    if importlib.util.find_spec("specllm") is None:
+        raise Failure(f"the specllm package is not importable by {sys.executable}: run this script with the "
+                      "Python that specllm is installed in (e.g. .venv/bin/python scripts/...)")
