@@ -406,6 +406,22 @@ class Context:
         C.llama_memory_clear(self._memory, True)
         self.tokens.clear()
 
+    def _cached_length(self) -> int:
+        return int(C.llama_memory_seq_pos_max(self._memory, 0)) + 1
+
+    def in_sync(self) -> bool:
+        """Does `tokens` describe llama.cpp's cache? (An interrupt between llama_decode and our
+        bookkeeping can leave them apart.)"""
+        return self._cached_length() == len(self.tokens)
+
+    def resync(self) -> None:
+        """Bring `tokens` and the cache back to the part both agree on (a cheap check)."""
+        n_cached = self._cached_length()
+        if n_cached < len(self.tokens):
+            del self.tokens[n_cached:]
+        elif n_cached > len(self.tokens):
+            C.llama_memory_seq_rm(self._memory, 0, len(self.tokens), -1)
+
     def close(self) -> None:
         if getattr(self, "_ptr", None):
             C.llama_batch_free(self._batch)

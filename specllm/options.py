@@ -14,7 +14,7 @@ import typer
 from .errors import UsageError
 
 MODES = ("auto", "draft", "ngram", "none")
-MAX_DRAFT = 32
+MAX_DRAFT = 256  # a round verifies k + 1 tokens in one batch of at most n_batch (512)
 MIN_CTX = 16
 MAX_CTX = 1 << 24  # llama.cpp takes n_ctx as uint32; larger values would silently wrap
 
@@ -40,7 +40,7 @@ ModeOpt = Annotated[
 DraftMaxOpt = Annotated[
     Optional[int],
     typer.Option("-k", "--draft-max", show_default=False, metavar="K", rich_help_panel=SPECULATION,
-                 help="Most tokens drafted per round (default 4; in auto mode the upper bound, default 16)."),
+                 help="Most tokens drafted per round (default 4; in auto mode the upper bound, default 64)."),
 ]
 NgramOpt = Annotated[
     Optional[str],
@@ -80,6 +80,14 @@ MinPOpt = Annotated[float, typer.Option("--min-p", help="Min-p filter (0: off)."
                                         rich_help_panel=SAMPLING)]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed, for reproducible sampling.",
                                                 show_default=False, metavar="N", rich_help_panel=SAMPLING)]
+SamplerOpt = Annotated[Optional[str], typer.Option(
+    "--sampler", help="How sampled drafts are verified: gumbel (default: one seed gives one text whatever the "
+    "drafter) or rejection (min(1, p/q), the highest acceptance for model drafts).", envvar="SPECLLM_SAMPLER",
+    show_default=False, metavar="NAME", rich_help_panel=SAMPLING)]
+MemoryOpt = Annotated[Optional[bool], typer.Option(
+    "--memory/--no-memory", help="Keep earlier outputs of this target on disk (0600, bounded) and draft from them "
+    "in later runs (auto mode; within one run they are always used).", envvar="SPECLLM_MEMORY", show_default=False,
+    rich_help_panel=SPECULATION)]
 MaxTokensOpt = Annotated[int, typer.Option("-n", "--max-tokens", help="Most tokens to generate.", metavar="N",
                                            rich_help_panel=SAMPLING)]
 CrossVocabOpt = Annotated[
@@ -122,6 +130,13 @@ def check_sampling(temp: float, top_k: int, top_p: float, min_p: float) -> None:
 def check_seed(seed: Optional[int]) -> None:
     if seed is not None and seed < 0:
         raise UsageError(f"--seed must be >= 0, got {seed}", hint="leave --seed out for a random seed")
+
+
+def check_sampler(sampler: Optional[str]) -> None:
+    from .sampling import SAMPLERS
+
+    if sampler is not None and sampler not in SAMPLERS:
+        raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
 
 
 def check_mode(mode: Optional[str]) -> None:

@@ -46,6 +46,7 @@ def engine_config(
     n_gpu_layers: int,
     draft_n_gpu_layers: Optional[int],
     cross_vocab: bool = False,
+    memory: Optional[bool] = None,
 ) -> EngineConfig:
     check_mode(mode)
     check_draft_max(k)
@@ -73,6 +74,7 @@ def engine_config(
         n_gpu_layers=n_gpu_layers,
         draft_n_gpu_layers=draft_n_gpu_layers,
         cross_vocab=cross_vocab or bool(pair_settings.get("cross_vocab")),
+        memory=memory if memory is not None else bool(pair_settings.get("memory", False)),
     )
 
 
