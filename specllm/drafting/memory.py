@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 
 from .suffix import SuffixIndex, SuffixMatcher
 
-# Tokens kept: about 40 MB of Python objects and 0.3 s to rebuild the index, a few dozen answers.
+# Tokens kept: a few dozen answers; their index takes about 30 MB and 0.3 s to rebuild.
 MEMORY_TOKENS = 65536
 # Evicting drops the oldest outputs down to this share of the budget, so that the index is
 # rebuilt at most once per (1 - EVICT_TO) x MEMORY_TOKENS added tokens: amortized O(1) per token.

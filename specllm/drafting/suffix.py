@@ -15,9 +15,9 @@ Design and cost:
   state on the suffix-link path of the text's end at each appended token: O(n) per token
   for exact counts everywhere. Counts are kept exact only for states whose shortest string
   has at most `count_depth` (D) tokens: they are the states on the path from the one holding
-  the text's last D tokens (tracked in amortized O(1)) to the root, at most D of them, and
-  for natural text one to three. So appending costs O(D) in the worst case (a run of one
-  token), about O(1) in practice.
+  the text's last D tokens (tracked in O(1): a transition and at most one suffix link) to
+  the root, at most D of them, and one to three for natural text. So appending costs O(D)
+  in the worst case (a run of one token), about O(1) in practice.
 - Drafting from a context (the matched suffix): if every earlier occurrence continued with
   the same token, that token, probability 1 (exact at any length). Otherwise the children
   of the context's last D-1 tokens are compared (their counts are exact; for contexts of
@@ -140,12 +140,10 @@ class SuffixIndex:
             if self.document_length <= depth:
                 tail = last
             else:
-                # The previous tail held the last `depth` tokens; a clone made by this insert
-                # may have taken them over (it becomes the tail's link), hence the first loop.
-                tail = self._tail
-                while length[link[tail]] >= depth:
-                    tail = link[tail]
-                tail = nxt[tail][token]
+                # The previous tail holds suffixes of >= depth tokens (if a clone made by this
+                # insert took the shorter ones, still longer ones); the token leads from them to
+                # suffixes of > depth tokens, and a link up (at most one) to the last depth tokens.
+                tail = nxt[self._tail][token]
                 while length[link[tail]] >= depth:
                     tail = link[tail]
             self._tail = tail
