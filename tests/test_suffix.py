@@ -347,6 +347,15 @@ def test_drafter_follows_history_and_rebuilds_on_another_text():
     assert drafter.propose([5, 6, 5], 0, None) == Draft()
 
 
+def test_drafter_takes_numpy_histories():
+    drafter = SuffixDrafter()
+    history = np.array([3, 4, 5, 3, 4], dtype=np.int32)
+    drafter.begin(history[:2])
+    draft = drafter.propose(history, 3, None)
+    assert draft.tokens == [5, 3, 4] and all(type(t) is int for t in draft.tokens)
+    assert draft.prefix(1).tokens == [5] and draft.prefix(1).confidence == [1.0]
+
+
 def test_drafter_reach_min_prob_and_keep_drafting():
     drafter = SuffixDrafter(max_reach=1.0)
     history = [1, 2, 3, 4, 5, 6, 9, 1, 2]
