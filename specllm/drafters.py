@@ -21,7 +21,7 @@ class Draft:
     tokens: list[int] = field(default_factory=list)
     # q for each drafted token over the target's vocabulary; None for point-mass drafts.
     probs: list[np.ndarray] | None = None
-    source: str = "none"  # "model", "ngram" or "none"
+    source: str = "none"  # "model", "ngram", "suffix", "memory", "crossvocab" or "none"
     # The draft model's probability of each drafted token (auto mode's acceptance signal).
     confidence: list[float] | None = None
     ngram_size: int = 0  # for n-gram drafts: the length of the match (n-gram size or more)

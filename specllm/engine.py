@@ -92,6 +92,7 @@ class Engine:
         self.costs = None
         self.learned = None
         self.memory = None
+        self._memory_file = None
         self._profile_key: Optional[str] = None
         try:
             self._load()
@@ -180,7 +181,11 @@ class Engine:
                           learned=self.learned, memory=self.memory)
 
     def _lookup_drafters(self) -> list[Drafter]:
-        return [NgramDrafter(self.config.ngram_sizes)]
+        """Free drafts: the suffix index over the text so far, and over earlier outputs."""
+        from .drafting.suffix import MemoryDrafter, SuffixDrafter
+
+        suffix = SuffixDrafter(self.memory)
+        return [suffix, MemoryDrafter(suffix)]
 
     def _model_drafter(self, request: Request) -> Optional[Drafter]:
         if self.draft is None:
@@ -219,6 +224,19 @@ class Engine:
             self.costs.calibrate(self.target, self.draft, max_batch=max_batch)
             self.costs.save(cost_profile_path(), key)
         self.learned.start_from(self.costs.model_rate_ratio, self.costs.plain_rate())
+        self._open_memory()
+
+    def _open_memory(self) -> None:
+        """Earlier outputs of this target: kept for this process, and on disk only when asked."""
+        from .drafting.memory import OutputMemory, memory_path
+
+        vocab = self.target_model.vocab.n_tokens
+        key = f"{self.target_model.name}|{self.target_model.size_bytes}"
+        self._memory_file = memory_path(cost_profile_path().parent, key) if self.config.memory else None
+        if self._memory_file is not None:
+            self.memory = OutputMemory.load(self._memory_file, key, n_vocab=vocab)
+        else:
+            self.memory = OutputMemory(model_key=key, n_vocab=vocab)
 
     def _save_auto_profile(self) -> None:
         """Keep the refined costs and the draft model's verdict for the next run."""
@@ -243,6 +261,8 @@ class Engine:
     def close(self) -> None:
         if self._profile_key and self.learned is not None and self.learned.rounds:
             self._save_auto_profile()
+        if self.memory is not None and self._memory_file is not None and len(self.memory):
+            self.memory.save(self._memory_file)
         for obj in (self.draft, self.target, self.draft_model, self.target_model):
             if obj is not None:
                 obj.close()

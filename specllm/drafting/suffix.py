@@ -384,3 +384,22 @@ def _as_draft(suffix_draft: SuffixDraft, keep_drafting: KeepDrafting | None) -> 
     if not tokens:
         return NO_DRAFT
     return Draft(tokens=tokens, source="suffix", confidence=probs, ngram_size=suffix_draft.match_length)
+
+
+class MemoryDrafter:
+    """The memory half of a `SuffixDrafter` as a drafter of its own (source "memory"), so that
+    auto mode learns its acceptance apart from the own-text drafts and picks the better one."""
+
+    name = "memory"
+
+    def __init__(self, suffix: SuffixDrafter):
+        self.suffix = suffix
+
+    def begin(self, prompt: Sequence[int]) -> None:
+        pass  # the SuffixDrafter's begin resets the shared matcher
+
+    def propose(self, history: Sequence[int], k: int, choose=None, keep_drafting: KeepDrafting | None = None) -> Draft:
+        draft = self.suffix.propose_from_memory(history, k, keep_drafting)
+        if draft.tokens:
+            draft.source = self.name
+        return draft
