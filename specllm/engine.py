@@ -53,9 +53,9 @@ class EngineConfig:
     n_gpu_layers: int = 0
     draft_n_gpu_layers: Optional[int] = None
     cross_vocab: bool = False
-    # Keep earlier outputs on disk between runs (auto mode drafts from them); within one process
-    # they are always kept.
-    memory: bool = False
+    # Earlier outputs auto mode drafts from: None keeps them for this process (a --jsonl batch,
+    # a server), True also on disk between runs, False not at all.
+    memory: Optional[bool] = None
 
 
 @dataclass(frozen=True)
@@ -230,6 +230,8 @@ class Engine:
         """Earlier outputs of this target: kept for this process, and on disk only when asked."""
         from .drafting.memory import OutputMemory, memory_path
 
+        if self.config.memory is False:
+            return
         vocab = self.target_model.vocab.n_tokens
         key = f"{self.target_model.name}|{self.target_model.size_bytes}"
         self._memory_file = memory_path(cost_profile_path().parent, key) if self.config.memory else None

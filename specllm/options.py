@@ -85,8 +85,9 @@ SamplerOpt = Annotated[Optional[str], typer.Option(
     "drafter) or rejection (min(1, p/q), the highest acceptance for model drafts).", envvar="SPECLLM_SAMPLER",
     show_default=False, metavar="NAME", rich_help_panel=SAMPLING)]
 MemoryOpt = Annotated[Optional[bool], typer.Option(
-    "--memory/--no-memory", help="Keep earlier outputs of this target on disk (0600, bounded) and draft from them "
-    "in later runs (auto mode; within one run they are always used).", envvar="SPECLLM_MEMORY", show_default=False,
+    "--memory/--no-memory", help="Auto mode drafts from earlier outputs of this target: by default those of this "
+    "run (a --jsonl batch); --memory keeps them on disk for later runs too (0600, bounded), --no-memory not at all.",
+    envvar="SPECLLM_MEMORY", show_default=False,
     rich_help_panel=SPECULATION)]
 MaxTokensOpt = Annotated[int, typer.Option("-n", "--max-tokens", help="Most tokens to generate.", metavar="N",
                                            rich_help_panel=SAMPLING)]

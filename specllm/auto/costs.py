@@ -41,6 +41,8 @@ PLAIN_PROBE_INTERVAL = 64
 # kernels make T(n) irregular there) and the powers of two, each with its +1 (k drafts verify
 # k + 1 tokens).
 CALIBRATION_SIZES = (1, 2, 3, 4, 5, 6, 8, 9, 12, 16, 17, 24, 32, 33, 48, 64, 65)
+# Each calibration size is timed this many times (the fastest counts: load only slows).
+CALIBRATION_REPEATS = 2
 # Ladder of sizes probed when this run has not measured them: small ones first, so a probe
 # never costs much more than what it can correct.
 PROBE_LADDER = (2, 3, 5, 9, 17, 33, 65)
@@ -164,18 +166,22 @@ class CostModel:
             self.t1, self.t1_fresh, self.last_plain_round = times[1], 1, self.rounds
 
     def calibrate(self, target: "Context", draft: Optional["Context"], max_batch: int) -> None:
-        """Time the calibration sizes up to max_batch (after a warm-up) on scratch positions."""
-        sizes = sorted({n for n in CALIBRATION_SIZES if n <= max_batch} | {1, max_batch})
-        times = time_batches(target, sizes)
-        if 1 not in times:
+        """Time the calibration sizes up to max_batch on scratch positions. Each size is timed
+        right after a one-token decode, twice, and kept as a ratio to it: a machine whose load
+        changes during the calibration still gets the right shape."""
+        sizes = sorted({n for n in CALIBRATION_SIZES if 1 < n <= max_batch} | {max_batch} - {1})
+        schedule = [m for n in sizes for m in (1, n)] * CALIBRATION_REPEATS
+        times = time_batches(target, schedule, keep_all=True)
+        plain = [seconds for n, seconds in times if n == 1]
+        if not plain:
             return
-        self.t1, self.t1_fresh = times[1], 1
-        for n, seconds in times.items():
-            if n > 1:
-                self.shape[n] = ShapePoint(seconds / times[1], fresh=MIN_OBSERVATIONS_TO_SAVE)
+        self.t1, self.t1_fresh = min(plain), 1
+        for n in sizes:
+            ratios = [b / a for (m0, a), (m1, b) in zip(times, times[1:]) if m0 == 1 and m1 == n and a > 0]
+            if ratios:
+                self.shape[n] = ShapePoint(min(ratios), fresh=MIN_OBSERVATIONS_TO_SAVE)
         if draft is not None:
-            draft_times = time_batches(draft, (1,))
-            self.draft_t1 = draft_times.get(1, 0.0)
+            self.draft_t1 = min(seconds for _, seconds in time_batches(draft, (1, 1), keep_all=True))
 
     # --- the profile kept between runs ------------------------------------------------------
     def save(self, path: Path, key: str) -> None:
@@ -230,24 +236,28 @@ def _ema(old: float, new: float, weight: float, replace: bool = False) -> float:
     return new if replace or old <= 0 else (1 - weight) * old + weight * new
 
 
-def time_batches(ctx: "Context", sizes: Sequence[int]) -> dict[int, float]:
-    """Decode scratch tokens after the cached ones, time each batch once (after a warm-up),
-    then forget them. A size given twice is timed twice and keeps the faster time."""
+def time_batches(ctx: "Context", sizes: Sequence[int], keep_all: bool = False):
+    """Decode scratch tokens after the cached ones, time each batch (after a warm-up), then
+    forget them. {size: fastest seconds}, or with keep_all every (size, seconds) in order."""
     n_keep = ctx.n_past
     sizes = [n for n in sizes if n_keep + 1 + n <= ctx.n_ctx and n <= ctx.n_batch]
     if not sizes:
-        return {}
+        return [] if keep_all else {}
     filler = ctx.model.vocab.tokenize(" the quick brown fox jumps over the lazy dog" * 4, add_special=False)
     filler = (filler * (1 + max(sizes) // max(len(filler), 1)))[: max(sizes) + 1]
-    times: dict[int, float] = {}
+    timed: list[tuple[int, float]] = []
     try:
         ctx.decode(filler[:1])  # warm-up: first decodes allocate buffers
         for n in sizes:
             start = time.perf_counter()
             ctx.decode(filler[1 : 1 + n], all_logits=True)
-            seconds = time.perf_counter() - start
-            times[n] = min(times.get(n, seconds), seconds)
+            timed.append((n, time.perf_counter() - start))
             ctx.truncate(n_keep + 1)
     finally:
         ctx.truncate(n_keep)
-    return times
+    if keep_all:
+        return timed
+    fastest: dict[int, float] = {}
+    for n, seconds in timed:
+        fastest[n] = min(fastest.get(n, seconds), seconds)
+    return fastest

@@ -74,7 +74,7 @@ def engine_config(
         n_gpu_layers=n_gpu_layers,
         draft_n_gpu_layers=draft_n_gpu_layers,
         cross_vocab=cross_vocab or bool(pair_settings.get("cross_vocab")),
-        memory=memory if memory is not None else bool(pair_settings.get("memory", False)),
+        memory=memory if memory is not None else pair_settings.get("memory"),
     )
 
 
