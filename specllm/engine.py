@@ -193,15 +193,12 @@ class Engine:
         return make_model_drafter(self.draft, self.target_model.vocab, self.compatibility, ignore_eos=request.ignore_eos)
 
     def forget_learning(self) -> None:
-        """Start the next generation as a new run would: with the measured costs and the saved
-        verdict on the draft model, but nothing else learned (used by scripts/auto-vs-plain)."""
-        from .auto import Learned
-
-        ratio = self.learned.model_rate_ratio(self.costs.plain_rate())
-        if ratio is not None:
-            self.costs.model_rate_ratio = ratio
-        self.learned = Learned()
-        self.learned.start_from(self.costs.model_rate_ratio, self.costs.plain_rate())
+        """Start the next generation as a new process would: the saved cost profile re-read
+        (after this engine's refinements are saved), this machine's speed re-measured, nothing
+        learned and no memory of earlier outputs (used by scripts/auto-vs-plain)."""
+        if self._profile_key and self.learned is not None and self.learned.rounds:
+            self._save_auto_profile()
+        self.costs = self.learned = self.memory = None
 
     def _prepare_auto(self) -> None:
         """Auto mode's knowledge: this machine's measured costs (calibrated once, then cached
