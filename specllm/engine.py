@@ -52,6 +52,7 @@ class EngineConfig:
     n_gpu_layers: int = 0
     draft_n_gpu_layers: Optional[int] = None
     cross_vocab: bool = False
+    rpc: tuple[str, ...] = ()  # llama.cpp RPC workers ("host:port") holding the target's layers
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class Engine:
 
     def _load(self) -> None:
         config = self.config
-        self.target_model = llama.Model(config.target, n_gpu_layers=config.n_gpu_layers)
+        self.target_model = llama.Model(config.target, n_gpu_layers=config.n_gpu_layers, rpc=config.rpc)
         if config.mode != "none" and not self.target_model.has_partial_kv_removal:
             raise IncompatibleModelsError(
                 f"{self.target_model.name} is a recurrent/hybrid model: its cache cannot be rolled back "
@@ -198,6 +199,7 @@ class Engine:
         key = "|".join(str(x) for x in (
             self.target_model.name, self.target_model.size_bytes, cfg.threads or os.cpu_count(), cfg.n_gpu_layers,
             self.draft_model.name if self.draft_model else "-", cfg.draft_threads, cfg.draft_n_gpu_layers, cfg.k,
+            ",".join(cfg.rpc) or "local",
         ))
         self._profile_key = key
         if not self.costs.load(cost_profile_path(), key):
