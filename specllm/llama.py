@@ -569,9 +569,11 @@ _ABORT_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
 def _on_ggml_abort(message: bytes | None) -> None:
     # ggml calls abort() after this; a lost RPC worker must end as one error line and exit 1.
     text = re.sub(r"^\S+:\d+: ", "", (message or b"").decode("utf-8", "replace")).strip()
-    hint = "an RPC worker stopped or the network dropped: restart the worker and run again" if "RPC" in text else \
-        "run with --verbose to see llama.cpp's log"
-    sys.stderr.write(f"error: llama.cpp gave up: {text}\nhint: {hint}\n")
+    if "RPC" in text:
+        message, hint = f"lost the RPC worker: {text}", "check that the worker still runs, and the network; then run again"
+    else:
+        message, hint = f"llama.cpp aborted: {text}", "run with --verbose to see llama.cpp's log"
+    sys.stderr.write(f"error: {message}\nhint: {hint}\n")
     sys.stderr.flush()
     os._exit(1)
 

@@ -125,11 +125,10 @@ def test_a_listener_that_is_not_a_compatible_worker_is_a_clean_error(reply, frag
 # -- a worker on loopback ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory) -> str:
+def start_worker(log_dir: Path) -> tuple[subprocess.Popen, str]:
     """`specllm rpc-server` on a free loopback port, one thread; its endpoint once it answers."""
     port = free_port()
-    log = open(tmp_path_factory.mktemp("worker") / "worker.log", "w+")
+    log = open(log_dir / "worker.log", "w+")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen([sys.executable, "-m", "specllm", "rpc-server", "--port", str(port), "--threads", "1"],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -138,17 +137,21 @@ def worker(tmp_path_factory) -> str:
     while True:
         try:
             rpc.check_worker(endpoint)
-            break
+            return proc, endpoint
         except RpcError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 log.seek(0)
                 pytest.fail(f"the RPC worker did not start:\n{log.read()}")
             time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory) -> str:
+    proc, endpoint = start_worker(tmp_path_factory.mktemp("worker"))
     yield endpoint
     proc.terminate()
     proc.wait(10)
-    log.close()
 
 
 def generate_json(tiny, env: dict, *args: object) -> dict:
@@ -196,6 +199,31 @@ def test_generate_with_a_wrong_port_is_one_error_line(tiny, env, listener_reply)
             listener.close()
     assert_one_error_line(proc, endpoint)
     assert proc.stdout == ""
+
+
+def test_a_worker_lost_in_the_middle_of_a_run_is_one_error_line(tiny, env, tmp_path):
+    proc_worker, endpoint = start_worker(tmp_path)
+    try:
+        client = subprocess.Popen(
+            [sys.executable, "-m", "specllm", "generate", "-t", "1", "-m", str(tiny.target), "--mode", "none",
+             "--ignore-eos", "-n", "100000", "-c", "100000", "--rpc", endpoint, PROMPT],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        client.stdout.read(64)  # it generates through the worker
+        proc_worker.kill()
+        _, stderr = client.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        proc_worker.kill()
+    assert_one_error_line(subprocess.CompletedProcess(client.args, client.returncode, "", stderr),
+                          "lost the RPC worker")
+
+
+def test_a_build_without_the_rpc_backend_says_how_to_rebuild():
+    from specllm import llama
+
+    assert llama.rpc_available()  # this test suite's llama-cpp-python is built with -DGGML_RPC=on
+    with pytest.raises(RpcError, match="built without RPC") as refusal:
+        llama._rpc_function("ggml_backend_rpc_no_such_function", llama._ADD_SERVER)
+    assert "-DGGML_RPC=on" in refusal.value.hint and "--no-cache-dir" in refusal.value.hint
 
 
 def test_rpc_server_off_loopback_warns_and_a_taken_port_is_one_error_line(env, worker):
