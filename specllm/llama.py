@@ -24,8 +24,8 @@ import numpy as np
 
 import llama_cpp.llama_cpp as C
 
-from . import rpc
 from .errors import ContextFullError, DecodeError, ModelLoadError, RpcError
+from .rpc import check_worker
 
 GGUF_MAGIC = b"GGUF"
 
@@ -526,7 +526,7 @@ def rpc_devices(endpoints: Sequence[str]) -> tuple[Device, ...]:
     add_server = _rpc_function("ggml_backend_rpc_add_server", _ADD_SERVER)
     devices: list[Device] = []
     for endpoint in endpoints:
-        rpc.check_worker(endpoint)
+        check_worker(endpoint)
         _catch_ggml_aborts()
         reg = add_server(endpoint.encode())
         n_devices = _ggml().ggml_backend_reg_dev_count(reg) if reg else 0

@@ -170,7 +170,7 @@ def test_greedy_output_through_rpc_equals_local_output(tiny, env, worker):
     assert remote["tokens"] == local["tokens"] and remote["text"] == local["text"]
     # --json shows where the target's weights went: llama.cpp's RPC buffer, all layers offloaded.
     placement = remote["target_placement"]
-    assert placement["devices"] == [f"RPC0 ({worker})"] or placement["devices"][0].endswith(f"({worker})")
+    assert len(placement["devices"]) == 1 and placement["devices"][0].endswith(f"({worker})"), placement
     assert any(name.startswith("RPC") and mib > 0 for name, mib in placement["buffers_mib"].items()), placement
     n_layers, of = placement["offloaded_layers"].split("/")
     assert n_layers == of
