@@ -56,6 +56,7 @@ class EngineConfig:
     # Earlier outputs auto mode drafts from: None keeps them for this process (a --jsonl batch,
     # a server), True also on disk between runs, False not at all.
     memory: Optional[bool] = None
+    rpc: tuple[str, ...] = ()  # llama.cpp RPC workers ("host:port") holding the target's layers
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class Engine:
 
     def _load(self) -> None:
         config = self.config
-        self.target_model = llama.Model(config.target, n_gpu_layers=config.n_gpu_layers)
+        self.target_model = llama.Model(config.target, n_gpu_layers=config.n_gpu_layers, rpc=config.rpc)
         if config.mode != "none" and not self.target_model.has_partial_kv_removal:
             raise IncompatibleModelsError(
                 f"{self.target_model.name} is a recurrent/hybrid model: its cache cannot be rolled back "
@@ -211,6 +212,7 @@ class Engine:
         key = "|".join(str(x) for x in (
             self.target_model.name, self.target_model.size_bytes, cfg.threads or os.cpu_count(), cfg.n_gpu_layers,
             self.draft_model.name if self.draft_model else "-", cfg.draft_threads, cfg.draft_n_gpu_layers,
+            ",".join(cfg.rpc) or "local",
         ))
         self._profile_key = key
         max_batch = min(max(cfg.k, AUTO_DEFAULT_K) + 1, self.target.n_batch)

@@ -71,6 +71,12 @@ DraftGpuLayersOpt = Annotated[
     Optional[int], typer.Option("-ngld", "--draft-n-gpu-layers", show_default=False, metavar="N", rich_help_panel=MODELS,
                                 help="Draft layers offloaded to the GPU (default: as -ngl).")
 ]
+RpcOpt = Annotated[
+    Optional[str],
+    typer.Option("--rpc", help="llama.cpp RPC workers (`specllm rpc-server`) holding the target's layers, "
+                 "comma-separated; with -ngl 0 all layers go there. The draft stays on this machine.",
+                 envvar="SPECLLM_RPC", show_default=False, metavar="HOST:PORT[,..]", rich_help_panel=MODELS),
+]
 TempOpt = Annotated[float, typer.Option("--temp", help="Temperature; 0 = greedy (output identical to the target's).",
                                         metavar="T", rich_help_panel=SAMPLING)]
 TopKOpt = Annotated[int, typer.Option("--top-k", help="Top-k filter (0: off).", metavar="K", rich_help_panel=SAMPLING)]

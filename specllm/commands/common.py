@@ -9,6 +9,7 @@ from typing import BinaryIO, Iterator, Optional
 
 from ..engine import DEFAULT_NGRAM_SIZES, EngineConfig, default_k
 from ..errors import UsageError
+from ..rpc import parse_endpoints
 from ..options import check_ctx_size, check_draft_max, check_mode, check_positive, parse_ngram_sizes
 
 
@@ -47,6 +48,7 @@ def engine_config(
     draft_n_gpu_layers: Optional[int],
     cross_vocab: bool = False,
     memory: Optional[bool] = None,
+    rpc: Optional[str] = None,
 ) -> EngineConfig:
     check_mode(mode)
     check_draft_max(k)
@@ -55,6 +57,9 @@ def engine_config(
     check_positive("--threads", threads)
     check_positive("--draft-threads", draft_threads)
     ngram_sizes = parse_ngram_sizes(ngram)
+    endpoints = parse_endpoints(rpc)
+    if endpoints and n_gpu_layers == 0:
+        n_gpu_layers = -1  # --rpc is for the target's layers: -ngl 0 would keep them all here
     if mode == "draft" and not draft_model and model is not None:
         raise UsageError("--mode draft needs a draft model (-md)")
     target, draft, pair_settings = resolve_models(model, draft_model)
@@ -75,6 +80,7 @@ def engine_config(
         draft_n_gpu_layers=draft_n_gpu_layers,
         cross_vocab=cross_vocab or bool(pair_settings.get("cross_vocab")),
         memory=memory if memory is not None else pair_settings.get("memory"),
+        rpc=endpoints,
     )
 
 

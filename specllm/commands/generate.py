@@ -16,8 +16,8 @@ from ..engine import Engine, Request, with_overrides
 from ..errors import SpecllmError, UsageError
 from ..options import (
     FLAG, IO, CrossVocabOpt, CtxSizeOpt, DraftCtxSizeOpt, DraftGpuLayersOpt, DraftMaxOpt, DraftModelOpt,
-    DraftThreadsOpt, GpuLayersOpt, MaxTokensOpt, MemoryOpt, MinPOpt, ModelOpt, ModeOpt, NgramOpt, SamplerOpt, SeedOpt,
-    TempOpt, ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt, check_positive, check_sampler, check_sampling, check_seed,
+    DraftThreadsOpt, GpuLayersOpt, MaxTokensOpt, MemoryOpt, MinPOpt, ModelOpt, ModeOpt, NgramOpt, RpcOpt, SamplerOpt,
+    SeedOpt, TempOpt, ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt, check_positive, check_sampler, check_sampling, check_seed,
 )
 from ..render import LiveDisplay, TextStream, acceptance_warning, stats_table
 from ..sampling import SamplingParams
@@ -43,6 +43,7 @@ def generate(
     draft_threads: DraftThreadsOpt = None,
     n_gpu_layers: GpuLayersOpt = 0,
     draft_n_gpu_layers: DraftGpuLayersOpt = None,
+    rpc: RpcOpt = None,
     temp: TempOpt = 0.0,
     top_k: TopKOpt = 0,
     top_p: TopPOpt = 1.0,
@@ -89,7 +90,7 @@ def generate(
         config = engine_config(
             model=model, draft_model=draft_model, mode=mode, k=draft_max, ngram=ngram, ctx_size=ctx_size,
             draft_ctx_size=draft_ctx_size, threads=threads, draft_threads=draft_threads, n_gpu_layers=n_gpu_layers,
-            draft_n_gpu_layers=draft_n_gpu_layers, cross_vocab=cross_vocab, memory=memory,
+            draft_n_gpu_layers=draft_n_gpu_layers, cross_vocab=cross_vocab, memory=memory, rpc=rpc,
         )
         with Engine(config) as engine:
             for message in engine.warnings:
@@ -203,7 +204,7 @@ def print_summary(generation: Generation) -> None:
 def run_json(engine: Engine, tokens: list[int], request: Request, *, show_stats: bool) -> None:
     generation = engine.generate(tokens, request)
     stop = drain(generation)
-    write_json_line(result_object(generation, stop))
+    write_json_line({**result_object(generation, stop), "target_placement": engine.target_model.placement})
     if show_stats:
         print_summary(generation)
     raise_stop(stop)
