@@ -11,7 +11,7 @@ A profile saved by an earlier run is only a prior. Sizes this run has measured (
 over it; the sizes it has not measured are the saved shape rescaled by how far the fresh sizes
 were from it (one probe corrects a profile that is 3x off everywhere), and sizes no one has
 measured come from a line fitted through the measured ones. Sizes not verified lately are
-probed now and then (see `stale_size`). A run saves only what it measured itself, so a noisy
+probed now and then (see `stale_size`), and two sizes are timed when the engine loads. A run saves only what it measured itself, so a noisy
 run cannot leave the next one a worse profile than it found.
 """
 
@@ -43,9 +43,12 @@ PLAIN_PROBE_INTERVAL = 64
 CALIBRATION_SIZES = (1, 2, 3, 4, 5, 6, 8, 9, 12, 16, 17, 24, 32, 33, 48, 64, 65)
 # Each calibration size is timed this many times (the fastest counts: load only slows).
 CALIBRATION_REPEATS = 2
-# Ladder of sizes probed when this run has not measured them: small ones first, so a probe
-# never costs much more than what it can correct.
-PROBE_LADDER = (2, 3, 5, 9, 17, 33, 65)
+# Sizes timed when a saved profile is loaded: T(1) twice (the faster counts), and two sizes
+# whose ratio to it says how far the saved shape is off (about 0.7 s on a 2-core CPU).
+LOAD_CHECK_SIZES = (1, 1, 3, 9)
+# Sizes probed during a run when it has not measured them yet. Only small ones: one fresh size
+# is enough to rescale the whole saved shape, and a probe of 64 tokens would cost 14 plain steps.
+PROBE_LADDER = (2, 3, 5)
 # A fresh shape point needs this many measurements before it is saved for the next run.
 MIN_OBSERVATIONS_TO_SAVE = 2
 
@@ -159,11 +162,18 @@ class CostModel:
 
     # --- measuring ------------------------------------------------------------------------
     def measure_speed(self, target: "Context") -> None:
-        """A fresh T(1) before the first round (two one-token decodes: a stored T(1) may come
-        from a busy spell, or from a quieter one)."""
-        times = time_batches(target, (1, 1))
-        if 1 in times:
-            self.t1, self.t1_fresh, self.last_plain_round = times[1], 1, self.rounds
+        """This machine's speed now, before the first round: T(1) (a saved one may come from a
+        busy spell, or a quieter one) and two more sizes, so that a saved shape that is off is
+        rescaled from the start (see ratio)."""
+        timed = time_batches(target, LOAD_CHECK_SIZES, keep_all=True)
+        plain = [seconds for n, seconds in timed if n == 1]
+        if not plain:
+            return
+        self.t1, self.t1_fresh, self.last_plain_round = min(plain), 1, self.rounds
+        for n, seconds in timed:
+            if n > 1:
+                point = self.shape.get(n)
+                self.shape[n] = ShapePoint(seconds / self.t1, fresh=1, saved=point.saved if point else None)
 
     def calibrate(self, target: "Context", draft: Optional["Context"], max_batch: int) -> None:
         """Time the calibration sizes up to max_batch on scratch positions. Each size is timed
