@@ -269,6 +269,7 @@ class CrossVocabDrafter:
     def _catch_up(self) -> np.ndarray:
         """Bring the draft's cache to draft_tokens; the logits after the last one."""
         ctx, tokens = self.context, self.draft_tokens
+        ctx.resync()
         # Keep the common prefix (the draft's own accepted tokens included), but always decode
         # at least the last token: its logits are where drafting starts.
         ctx.truncate(min(common_prefix_length(ctx.tokens, tokens), len(tokens) - 1))

@@ -85,6 +85,7 @@ class ModelDrafter:
 
     def _sync(self, tokens: Sequence[int]) -> None:
         ctx = self.context
+        ctx.resync()  # an interrupted decode may have left the cache and its mirror apart
         ctx.truncate(common_prefix_length(ctx.tokens, tokens))
         missing = list(tokens[ctx.n_past :])
         if missing:

@@ -358,6 +358,8 @@ class Context:
         self.n_batch: int = C.llama_n_batch(ptr)
         self.n_vocab: int = model.vocab.n_tokens
         self.tokens: list[int] = []
+        # The generation whose tokens the cache holds: another one re-syncs before its next round.
+        self.owner: object = None
 
         # One batch, allocated once and reused for every decode; numpy views over its arrays
         # let us fill it without per-token ctypes calls.

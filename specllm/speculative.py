@@ -138,6 +138,7 @@ class Generation:
         """Make the target's cache hold history[:-1], reusing the prefix it already holds (an
         earlier request's prompt, or this generation's own cache after anything disturbed it)."""
         self.target.resync()
+        self.target.owner = self
         cached = common_prefix_length(self.target.tokens, self.history[:-1])
         self.target.truncate(cached)
         if len(self.history) > 1 + cached:
@@ -152,7 +153,7 @@ class Generation:
         if self.remaining <= 0 or self.target.room < 1:
             self.finish_reason = "length"
             return []
-        if self.target.n_past != len(self.history) - 1 or not self.target.in_sync():
+        if self.target.owner is not self or not self.target.in_sync():
             self._sync_target()  # another generation used this context, or an interrupt hit a decode
         n_cached = self.target.n_past
         last = self.history[-1]
