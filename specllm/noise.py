@@ -44,25 +44,53 @@ G_LOW = -math.log(-math.log1p(-EPS))  # every id outside H has g < G_LOW
 CACHED_POSITIONS = 512
 
 _U64 = np.uint64
-_GOLDEN, _M1, _M2 = _U64(0x9E3779B97F4A7C15), _U64(0xBF58476D1CE4E5B9), _U64(0x94D049BB133111EB)
+_MASK = (1 << 64) - 1
+_GOLDEN, _M1, _M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 _STREAM_BASE = 1 << 63
+_LOG_KEEP = math.log1p(-EPS)
 
 
 def mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer on a uint64 array (wrapping arithmetic)."""
-    with np.errstate(over="ignore"):
-        z = np.asarray(x, dtype=_U64) + _GOLDEN
-        z = (z ^ (z >> _U64(30))) * _M1
-        z = (z ^ (z >> _U64(27))) * _M2
-        return z ^ (z >> _U64(31))
+    """splitmix64's finalizer on a uint64 array (wrapping arithmetic: numpy arrays do not warn)."""
+    z = np.asarray(x, dtype=_U64) + _U64(_GOLDEN)
+    z = (z ^ (z >> _U64(30))) * _U64(_M1)
+    z = (z ^ (z >> _U64(27))) * _U64(_M2)
+    return z ^ (z >> _U64(31))
+
+
+def mix_int(x: int) -> int:
+    """mix() on one Python int: no array overhead for a single id."""
+    z = (x + _GOLDEN) & _MASK
+    z = ((z ^ (z >> 30)) * _M1) & _MASK
+    z = ((z ^ (z >> 27)) * _M2) & _MASK
+    return z ^ (z >> 31)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
     return ((x >> _U64(11)).astype(np.float64) + 0.5) / 2.0**53
 
 
-def position_key(seed: int, t: int) -> np.uint64:
-    return mix(mix(np.asarray([seed % (1 << 64)], dtype=_U64)) ^ _U64(t))[0]
+def unit_int(x: int) -> float:
+    return ((x >> 11) + 0.5) / 2.0**53
+
+
+def position_key(seed: int, t: int) -> int:
+    return mix_int(mix_int(seed & _MASK) ^ t)
+
+
+class _IdHashes:
+    """mix(i) for every id below a bound, computed once per process (about 5 ms for 152k ids)."""
+
+    def __init__(self):
+        self.table = np.zeros(0, dtype=_U64)
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        if ids.size and int(ids.max()) >= self.table.size:
+            self.table = mix(np.arange(max(int(ids.max()) + 1, 2 * self.table.size), dtype=_U64))
+        return self.table[ids]
+
+
+_id_hashes = _IdHashes()
 
 
 class GumbelNoise:
@@ -70,50 +98,58 @@ class GumbelNoise:
 
     def __init__(self, seed: int):
         self.seed = seed
-        # t -> (lucky ids, their g, the vocabulary size they cover)
-        self._lucky: OrderedDict[int, tuple[np.ndarray, np.ndarray, int]] = OrderedDict()
+        # t -> (key, lucky ids, their g, the vocabulary size they cover)
+        self._positions: OrderedDict[int, tuple[int, np.ndarray, np.ndarray, int]] = OrderedDict()
 
-    def key(self, t: int) -> np.uint64:
-        return position_key(self.seed, t)
+    def _position(self, t: int, n_vocab: int) -> tuple[int, np.ndarray, np.ndarray, int]:
+        cached = self._positions.get(t)
+        if cached is None or cached[3] < n_vocab:
+            key = position_key(self.seed, t)
+            cached = (key, *self._make_lucky(key, n_vocab), n_vocab)
+            self._positions[t] = cached
+            while len(self._positions) > CACHED_POSITIONS:
+                self._positions.popitem(last=False)
+        return cached
 
     def lucky(self, t: int, n_vocab: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids in H below n_vocab, ascending; their g)."""
-        cached = self._lucky.get(t)
-        if cached is None or cached[2] < n_vocab:
-            cached = (*self._make_lucky(t, n_vocab), n_vocab)
-            self._lucky[t] = cached
-            while len(self._lucky) > CACHED_POSITIONS:
-                self._lucky.popitem(last=False)
-        ids, g, _ = cached
+        _, ids, g, _ = self._position(t, n_vocab)
         n = int(np.searchsorted(ids, n_vocab))
         return ids[:n], g[:n]
 
-    def _make_lucky(self, t: int, n_vocab: int) -> tuple[np.ndarray, np.ndarray]:
-        key = self.key(t)
-        log_keep = math.log1p(-EPS)
+    @staticmethod
+    def _make_lucky(key: int, n_vocab: int) -> tuple[np.ndarray, np.ndarray]:
         positions: list[np.ndarray] = []
         last, j = -1, 1
         chunk = max(64, int(n_vocab * EPS * 1.5))  # most positions need one chunk of the stream
+        key64 = _U64(key)
         while last < n_vocab:
             stream = np.arange(j, j + chunk, dtype=_U64) + _U64(_STREAM_BASE)
-            e = unit(mix(key ^ mix(stream)))
-            a = last + np.cumsum(1 + np.floor(np.log(e) / log_keep).astype(np.int64))
+            e = unit(mix(key64 ^ mix(stream)))
+            a = last + np.cumsum(1 + np.floor(np.log(e) / _LOG_KEEP).astype(np.int64))
             positions.append(a)
             last, j = int(a[-1]), j + chunk
         ids = np.concatenate(positions)
         ids = ids[ids < n_vocab]
-        v = unit(mix(key ^ mix(ids.astype(_U64))))
+        v = unit(mix(key64 ^ _id_hashes(ids)))
         return ids, -np.log(-np.log1p(-EPS * v))
 
     def values(self, t: int, ids: np.ndarray, n_vocab: int) -> np.ndarray:
         """g for the given ids (any order), lucky or not."""
         ids = np.asarray(ids, dtype=np.int64)
-        lucky_ids, lucky_g = self.lucky(t, n_vocab)
-        v = unit(mix(self.key(t) ^ mix(ids.astype(_U64))))
-        g = -np.log(-math.log1p(-EPS) - np.log(v))
+        key, lucky_ids, lucky_g, _ = self._position(t, n_vocab)
+        g = -np.log(-_LOG_KEEP - np.log(unit(mix(_U64(key) ^ _id_hashes(ids)))))
         if lucky_ids.size:
-            where = np.searchsorted(lucky_ids, ids)
-            where = np.minimum(where, lucky_ids.size - 1)
+            where = np.minimum(np.searchsorted(lucky_ids, ids), lucky_ids.size - 1)
             hit = lucky_ids[where] == ids
             g[hit] = lucky_g[where[hit]]
         return g
+
+    def value(self, t: int, i: int, n_vocab: int) -> float:
+        """g for one id, without array overhead."""
+        key, lucky_ids, lucky_g, _ = self._position(t, n_vocab)
+        v = unit_int(mix_int(key ^ mix_int(i)))
+        where = int(np.searchsorted(lucky_ids, i))
+        if where < lucky_ids.size and lucky_ids[where] == i:
+            return float(lucky_g[where])
+        return -math.log(-_LOG_KEEP - math.log(v))

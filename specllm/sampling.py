@@ -160,16 +160,21 @@ def gumbel_choice(logits: np.ndarray, params: SamplingParams, noise: GumbelNoise
     else:
         top = greedy(logits)
     # A lower bound on the winning value: the best of the top token and the lucky ones.
-    best = float(logits[top]) * inv_t + float(noise.values(t, np.array([top]), n_vocab)[0])
-    if lucky_ids.size:
-        best = max(best, float(np.max(logits[lucky_ids].astype(np.float64) * inv_t + lucky_g)))
+    lucky_scores = logits[lucky_ids].astype(np.float64) * inv_t + lucky_g
+    best = float(logits[top]) * inv_t + noise.value(t, top, n_vocab)
+    if lucky_scores.size:
+        best = max(best, float(lucky_scores.max()))
     # Outside the lucky set g < G_LOW: only ids whose scaled logit is above best - G_LOW can win.
     candidates = np.flatnonzero(logits > (best - G_LOW) * params.temperature)
     if allowed is not None:
         candidates = candidates[np.isin(candidates, allowed, assume_unique=True)]
-    candidates = np.union1d(candidates, lucky_ids)
     scores = logits[candidates].astype(np.float64) * inv_t + noise.values(t, candidates, n_vocab)
-    return int(candidates[int(np.argmax(scores))])
+    winner, winner_score = top, -np.inf
+    if scores.size:
+        winner, winner_score = int(candidates[int(np.argmax(scores))]), float(scores.max())
+    if lucky_scores.size and float(lucky_scores.max()) > winner_score:
+        winner = int(lucky_ids[int(np.argmax(lucky_scores))])
+    return winner
 
 
 def verify_greedy(logits_tgt: np.ndarray, draft_tokens) -> tuple[int, int]:

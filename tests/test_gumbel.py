@@ -45,10 +45,10 @@ def test_noise_matches_the_documented_formula():
 
 
 def test_noise_is_standard_gumbel_and_depends_on_seed_and_position():
-    n = 200_000
+    n = 100_000
     g = GumbelNoise(1).values(0, np.arange(n), n)
-    assert abs(g.mean() - np.euler_gamma) < 0.01
-    assert abs(g.std() - math.pi / math.sqrt(6)) < 0.01
+    assert abs(g.mean() - np.euler_gamma) < 0.015
+    assert abs(g.std() - math.pi / math.sqrt(6)) < 0.015
     assert not np.allclose(g[:100], GumbelNoise(2).values(0, np.arange(100), n))
     assert not np.allclose(g[:100], GumbelNoise(1).values(1, np.arange(100), n))
     # The lucky set holds about EPS of the ids, and nobody outside it reaches G_LOW.
@@ -78,7 +78,7 @@ def test_noise_does_not_depend_on_the_vocabulary_size():
 def test_cheap_choice_equals_the_full_argmax(params):
     rng = np.random.default_rng(0)
     noise = GumbelNoise(11)
-    for t in range(200):
+    for t in range(60):
         logits = (rng.standard_normal(5000) * rng.uniform(0.5, 4.0)).astype(np.float32)
         full = filter_logits(logits, params) / params.temperature + noise.values(t, np.arange(5000), 5000)
         assert gumbel_choice(logits, params, noise, t) == int(np.argmax(full))
@@ -96,10 +96,10 @@ def test_support_is_what_the_filters_keep():
 def test_gumbel_choice_samples_the_filtered_distribution():
     logits = np.log(np.array([0.5, 0.3, 0.15, 0.05], dtype=np.float32))
     params = SamplingParams(temperature=1.0)
-    n = 20_000
+    n = 8_000
     noise = GumbelNoise(3)
     counts = np.bincount([gumbel_choice(logits, params, noise, t) for t in range(n)], minlength=4)
-    assert np.allclose(counts / n, [0.5, 0.3, 0.15, 0.05], atol=0.015)
+    assert np.allclose(counts / n, [0.5, 0.3, 0.15, 0.05], atol=0.02)
 
 
 def test_greedy_is_gumbel_with_zero_noise():
@@ -133,7 +133,7 @@ def test_rejection_sampling_is_exact_and_a_token_dependent_trim_is_not():
     # gives P(a) = 0.9 x 5/9 + 0.1 x 0.5 = 0.55: the control must see it.
     p, q = np.array([0.5, 0.5]), np.array([0.9, 0.1])
     rng = np.random.default_rng(5)
-    n = 40_000
+    n = 16_000
     exact = np.mean([_first_token_of_rejection(p, q, rng) == 0 for _ in range(n)])
     trimmed = np.mean([_first_token_of_rejection(p, q, rng, keep=lambda x: q[x] > 0.5) == 0 for _ in range(n)])
     sd = math.sqrt(0.25 / n)
