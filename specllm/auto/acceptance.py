@@ -60,7 +60,7 @@ class AcceptanceTable:
 # Match-length buckets (lower bounds) and how often a draft after such a match is accepted
 # before anything is learned: a match of 1-3 tokens is often chance, 16+ tokens is a copy.
 MATCH_BUCKETS = (1, 2, 3, 4, 6, 10, 16, 32)
-MATCH_PRIOR = {1: 0.15, 2: 0.25, 3: 0.35, 4: 0.45, 6: 0.6, 10: 0.7, 16: 0.8, 32: 0.9}
+MATCH_PRIOR = {1: 0.15, 2: 0.25, 3: 0.35, 4: 0.45, 6: 0.6, 10: 0.75, 16: 0.85, 32: 0.95}
 # Buckets of the count-based probability of a drafted token (lower bounds).
 COUNT_PROB_BUCKETS = (0.0, 0.3, 0.5, 0.7, 0.9, 0.999)
 # Prior weight in observations: two rounds of evidence outweigh a guess.
