@@ -347,6 +347,7 @@ class BenchSettings:
     ngram_sizes: tuple[int, ...] = DEFAULT_NGRAM_SIZES
     warmup_tokens: int = WARMUP_TOKENS
     cross_vocab: bool = False  # run a draft of another vocabulary through text instead of refusing it
+    rpc: tuple[str, ...] = ()  # llama.cpp RPC workers holding the target's layers (the drafts stay local)
 
 
 @dataclass
@@ -416,7 +417,7 @@ class Bench:
         self.warnings: list[str] = []
         self.refused: dict[str, str] = {}
         self.drafts: list[LoadedDraft] = []
-        self.target_model = llama.Model(settings.target, n_gpu_layers=settings.n_gpu_layers)
+        self.target_model = llama.Model(settings.target, n_gpu_layers=settings.n_gpu_layers, rpc=settings.rpc)
         self.target: Optional[llama.Context] = None
         try:
             speculative = set(settings.modes) - {"none"}

@@ -21,10 +21,12 @@ from typing import Optional
 from .engine import AUTO_DEFAULT_K, DEFAULT_CTX_SIZE, DEFAULT_K, DEFAULT_NGRAM_SIZES, EngineConfig, default_k  # noqa: F401
 from .errors import UsageError
 from .registry import SILENT, FetchProgress
+from .rpc import parse_endpoints
+from .sampling import SAMPLERS
 
 MODES = ("auto", "draft", "ngram", "none")
 DEFAULT_MODE = "auto"
-MAX_DRAFT = 32  # the largest -k: one verification decode holds k + 1 tokens
+MAX_DRAFT = 256  # a round verifies k + 1 tokens in one batch of at most n_batch (512)
 NGRAM_SIZE_RANGE = (1, 16)  # an n-gram longer than 16 tokens almost never recurs
 MIN_CTX = 16
 MAX_CTX = 1 << 24  # llama.cpp takes n_ctx as uint32; larger values would silently wrap
@@ -65,6 +67,11 @@ def check_sampling(temp: float, top_k: int, top_p: float, min_p: float) -> None:
 def check_seed(seed: Optional[int]) -> None:
     if seed is not None and seed < 0:
         raise UsageError(f"--seed must be >= 0, got {seed}", hint="leave --seed out for a random seed")
+
+
+def check_sampler(sampler: Optional[str]) -> None:
+    if sampler is not None and sampler not in SAMPLERS:
+        raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
 
 
 def check_mode(mode: Optional[str], name: str = "--mode") -> None:
@@ -132,6 +139,8 @@ def engine_config(
     n_gpu_layers: int,
     draft_n_gpu_layers: Optional[int],
     cross_vocab: bool = False,
+    memory: Optional[bool] = None,
+    rpc: Optional[str] = None,
     progress: FetchProgress = SILENT,
 ) -> EngineConfig:
     """Check the options, resolve the models (fetching them on first use) and apply the precedence."""
@@ -142,6 +151,9 @@ def engine_config(
     check_positive("--threads", threads)
     check_positive("--draft-threads", draft_threads)
     ngram_sizes = parse_ngram_sizes(ngram)
+    endpoints = parse_endpoints(rpc)
+    if endpoints and n_gpu_layers == 0:
+        n_gpu_layers = -1  # --rpc is for the target's layers: -ngl 0 would keep them all here
     # Before anything is fetched: without -m the default pair brings its draft.
     check_draft_for_mode(mode, has_draft=draft_model is not None or model is None)
     target, draft, pair_settings = resolve_models(model, draft_model, progress=progress)
@@ -162,4 +174,6 @@ def engine_config(
         n_gpu_layers=n_gpu_layers,
         draft_n_gpu_layers=draft_n_gpu_layers,
         cross_vocab=cross_vocab or bool(pair_settings.get("cross_vocab")),
+        memory=memory,
+        rpc=endpoints,
     )

@@ -36,7 +36,7 @@ import numpy as np
 
 from .drafters import NO_DRAFT, Draft, KeepDrafting
 from .llama import Context, Vocab, common_prefix_length
-from .sampling import SamplingParams, greedy, logits_to_probs, sample, top_probability
+from .sampling import DraftChooser, greedy, logits_to_probs, sample, top_probability
 
 SOURCE = "xvocab"
 # Draft tokens re-tokenised before the point where the text changed: new text can merge with
@@ -159,9 +159,8 @@ class CrossVocabDrafter:
 
     name = SOURCE
 
-    def __init__(self, context: Context, target_vocab: Vocab, params: SamplingParams):
+    def __init__(self, context: Context, target_vocab: Vocab):
         self.context = context
-        self.params = params
         self.target_vocab = target_vocab
         self.draft_vocab = context.model.vocab
         self.text = TargetText(target_vocab)
@@ -216,7 +215,7 @@ class CrossVocabDrafter:
             self.n_stable = keep
 
     def propose(
-        self, history: Sequence[int], k: int, rng: np.random.Generator, keep_drafting: KeepDrafting | None = None
+        self, history: Sequence[int], k: int, choose: DraftChooser, keep_drafting: KeepDrafting | None = None
     ) -> Draft:
         if k <= 0:
             return NO_DRAFT
@@ -231,14 +230,14 @@ class CrossVocabDrafter:
             return NO_DRAFT
         logits = self._catch_up()
         tail = self.text.tail(TAIL_TARGET_TOKENS)
-        want_confidence = keep_drafting is not None or not self.params.greedy
+        want_confidence = keep_drafting is not None or choose.kind == "rejection"
 
         text = bytearray()
         draft_ends: list[int] = []  # end of each draft token's piece in `text`
         draft_probs: list[float] = []
         found: tuple[list[int], list[int]] | None = ([], [])
         for i in range(max_draft_tokens):
-            token, prob = self._choose(logits, rng, want_confidence)
+            token, prob = self._choose(logits, choose, want_confidence)
             if self.draft_vocab.is_eog(token):
                 # The draft ended its text: its last target token is whole.
                 found = proposable_tokens(self.target_vocab, tail, bytes(text), complete=True)
@@ -270,19 +269,24 @@ class CrossVocabDrafter:
     def _catch_up(self) -> np.ndarray:
         """Bring the draft's cache to draft_tokens; the logits after the last one."""
         ctx, tokens = self.context, self.draft_tokens
+        ctx.resync()
         # Keep the common prefix (the draft's own accepted tokens included), but always decode
         # at least the last token: its logits are where drafting starts.
         ctx.truncate(min(common_prefix_length(ctx.tokens, tokens), len(tokens) - 1))
         return ctx.decode(tokens[ctx.n_past :])[0]
 
-    def _choose(self, logits: np.ndarray, rng: np.random.Generator, want_confidence: bool) -> tuple[int, float]:
-        """(draft token, the draft's probability of it)."""
-        if self.params.greedy:
+    def _choose(self, logits: np.ndarray, choose: DraftChooser, want_confidence: bool) -> tuple[int, float]:
+        """(draft token, the draft's probability of it).
+
+        The draft's ids are not the target's, so Gumbel noise keyed by target ids would mean
+        nothing here: outside the rejection sampler the draft writes its most likely text (its
+        tokens are verified as point masses, exact whatever they are)."""
+        if choose.kind != "rejection":
             token = greedy(logits)
             # The softmax costs a pass over the vocabulary: only when someone listens.
             return token, top_probability(logits, token) if want_confidence else 1.0
-        q = logits_to_probs(logits, self.params)
-        token = sample(q, rng)
+        q = logits_to_probs(logits, choose.sampler.params)
+        token = sample(q, choose.sampler.rng_draft)
         return token, float(q[token])
 
 

@@ -13,7 +13,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from .llama import Context, common_prefix_length
-from .sampling import SamplingParams, greedy, logits_to_probs, sample, top_probability
+from .sampling import DraftChooser
 
 
 @dataclass
@@ -21,7 +21,7 @@ class Draft:
     tokens: list[int] = field(default_factory=list)
     # q for each drafted token over the target's vocabulary; None for point-mass drafts.
     probs: list[np.ndarray] | None = None
-    source: str = "none"  # "model", "ngram" or "none"
+    source: str = "none"  # "model", "ngram", "suffix", "memory", "crossvocab" or "none"
     # The draft model's probability of each drafted token (auto mode's acceptance signal).
     confidence: list[float] | None = None
     ngram_size: int = 0  # for n-gram drafts: the length of the match (n-gram size or more)
@@ -54,7 +54,7 @@ class Drafter(Protocol):
         """A new generation starts from `prompt` (lets a model drafter prefill its cache)."""
 
     def propose(
-        self, history: Sequence[int], k: int, rng: np.random.Generator, keep_drafting: KeepDrafting | None = None
+        self, history: Sequence[int], k: int, choose: DraftChooser, keep_drafting: KeepDrafting | None = None
     ) -> Draft:
         """Up to k tokens that might follow `history`."""
 
@@ -69,15 +69,8 @@ class ModelDrafter:
 
     name = "model"
 
-    def __init__(
-        self,
-        context: Context,
-        params: SamplingParams,
-        n_target_vocab: int,
-        suppressed: Sequence[int] = (),
-    ):
+    def __init__(self, context: Context, n_target_vocab: int, suppressed: Sequence[int] = ()):
         self.context = context
-        self.params = params
         # Draft ids the target does not have (a padded draft vocabulary) are never proposed;
         # q is reported over the target's ids.
         self.n_target_vocab = n_target_vocab
@@ -92,13 +85,14 @@ class ModelDrafter:
 
     def _sync(self, tokens: Sequence[int]) -> None:
         ctx = self.context
+        ctx.resync()  # an interrupted decode may have left the cache and its mirror apart
         ctx.truncate(common_prefix_length(ctx.tokens, tokens))
         missing = list(tokens[ctx.n_past :])
         if missing:
             ctx.decode(missing)
 
     def propose(
-        self, history: Sequence[int], k: int, rng: np.random.Generator, keep_drafting: KeepDrafting | None = None
+        self, history: Sequence[int], k: int, choose: DraftChooser, keep_drafting: KeepDrafting | None = None
     ) -> Draft:
         ctx = self.context
         k = min(k, ctx.room - len(history) + ctx.n_past - 1)
@@ -109,17 +103,11 @@ class ModelDrafter:
         # Keep all but the last history token, then decode it to get the next logits.
         self._sync(history[:-1])
         logits = ctx.decode([history[-1]])[0]
-        draft = Draft(source="model", probs=None if self.params.greedy else [], confidence=[])
+        draft = Draft(source="model", probs=[] if choose.kind == "rejection" else None, confidence=[])
         for i in range(k):
-            row = self._restrict(logits)
-            if self.params.greedy:
-                token = greedy(row)
-                # The softmax costs a pass over the vocabulary: only when someone listens.
-                confidence = top_probability(row, token) if keep_drafting else 1.0
-            else:
-                q = logits_to_probs(row, self.params)
-                token = sample(q, rng)
-                confidence = float(q[token])
+            # The confidence costs a pass over the vocabulary: only when someone listens.
+            token, confidence, q = choose(i, self._restrict(logits), keep_drafting is not None)
+            if q is not None:
                 draft.probs.append(q)
             draft.tokens.append(token)
             draft.confidence.append(confidence)
@@ -199,7 +187,7 @@ class NgramDrafter:
         return [], 0
 
     def propose(
-        self, history: Sequence[int], k: int, rng: np.random.Generator, keep_drafting: KeepDrafting | None = None
+        self, history: Sequence[int], k: int, choose: DraftChooser, keep_drafting: KeepDrafting | None = None
     ) -> Draft:
         tokens, size = self.lookup(history, k)
         return Draft(tokens=tokens, source="ngram", ngram_size=size) if tokens else NO_DRAFT
@@ -225,6 +213,6 @@ class NoDrafter:
         pass
 
     def propose(
-        self, history: Sequence[int], k: int, rng: np.random.Generator, keep_drafting: KeepDrafting | None = None
+        self, history: Sequence[int], k: int, choose: DraftChooser, keep_drafting: KeepDrafting | None = None
     ) -> Draft:
         return NO_DRAFT

@@ -7,10 +7,10 @@ draft policy, and each `generate` call returns a `Generation` to iterate.
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
-import numpy as np
 
 from . import llama
 from .compat import Compatibility, ensure_compatible
@@ -18,13 +18,14 @@ from .crossvocab import CrossVocabDrafter
 from .drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter
 from .errors import IncompatibleModelsError, UsageError
 from .paths import cost_profile_path
-from .sampling import SamplingParams
+from .sampling import Sampler, SamplingParams
 from .speculative import DraftPolicy, FixedPolicy, Generation
 
 DEFAULT_K = 4
 # Auto mode's -k is only an upper bound: it picks each round's length itself. Long drafts pay
-# when the output copies a passage of the prompt (summaries, RAG, edits).
-AUTO_DEFAULT_K = 16
+# when the output copies a passage (summaries, RAG, edits, repetition): a perfect draft of 63
+# tokens verifies at 4.2x plain speed on a 2-core CPU, more on a GPU.
+AUTO_DEFAULT_K = 64
 
 
 def default_k(mode: str) -> int:
@@ -47,6 +48,10 @@ class EngineConfig:
     n_gpu_layers: int = 0
     draft_n_gpu_layers: Optional[int] = None
     cross_vocab: bool = False
+    # Earlier outputs auto mode drafts from: None keeps them for this process (a --jsonl batch,
+    # a server), True also on disk between runs, False not at all.
+    memory: Optional[bool] = None
+    rpc: tuple[str, ...] = ()  # llama.cpp RPC workers ("host:port") holding the target's layers
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,13 @@ class Engine:
         self.target: Optional[llama.Context] = None
         self.draft_model: Optional[llama.Model] = None
         self.draft: Optional[llama.Context] = None
+        self.compatibility: Optional[Compatibility] = None  # None: no draft, or --cross-vocab
+        # Auto mode's knowledge, made on first use (see _prepare_auto).
+        self.costs = None
+        self.learned = None
+        self.memory = None
+        self._memory_file = None
+        self._profile_key: Optional[str] = None
         try:
             self._load()
         except BaseException:  # a refused draft or Ctrl-C while loading: free what was loaded
@@ -86,7 +98,7 @@ class Engine:
 
     def _load(self) -> None:
         config = self.config
-        self.target_model = llama.Model(config.target, n_gpu_layers=config.n_gpu_layers)
+        self.target_model = llama.Model(config.target, n_gpu_layers=config.n_gpu_layers, rpc=config.rpc)
         if config.mode != "none" and not self.target_model.has_partial_kv_removal:
             raise IncompatibleModelsError(
                 f"{self.target_model.name} is a recurrent/hybrid model: its cache cannot be rolled back "
@@ -157,30 +169,32 @@ class Engine:
             return FixedPolicy(model_drafter, k, mode="draft")
         if mode != "auto":
             raise UsageError(f"unknown mode {mode!r} (auto, draft, ngram or none)")
-        if not hasattr(self, "costs"):
+        if self.costs is None:
             self._prepare_auto()
         from .auto import AutoPolicy
 
-        return AutoPolicy(NgramDrafter(cfg.ngram_sizes), model_drafter, max_k=cfg.k, costs=self.costs,
-                          learned=self.learned)
+        return AutoPolicy(self._lookup_drafters(), model_drafter, max_k=k, costs=self.costs,
+                          learned=self.learned, memory=self.memory)
+
+    def _lookup_drafters(self) -> list[Drafter]:
+        """Free drafts: the suffix index over the text so far, and over earlier outputs."""
+        from .drafting.suffix import MemoryDrafter, SuffixDrafter
+
+        suffix = SuffixDrafter(self.memory)
+        return [suffix, MemoryDrafter(suffix)]
 
     def _model_drafter(self, request: Request) -> Optional[Drafter]:
         if self.draft is None:
             return None
-        return make_model_drafter(
-            self.draft, self.target_model.vocab, self.compatibility, request.params, ignore_eos=request.ignore_eos
-        )
+        return make_model_drafter(self.draft, self.target_model.vocab, self.compatibility, ignore_eos=request.ignore_eos)
 
     def forget_learning(self) -> None:
-        """Start the next generation as a new run would: with the measured costs and the saved
-        verdict on the draft model, but nothing else learned (used by scripts/auto-vs-plain)."""
-        from .auto import Learned
-
-        ratio = self.learned.model_rate_ratio(self.costs.plain_rate())
-        if ratio is not None:
-            self.costs.model_rate_ratio = ratio
-        self.learned = Learned()
-        self.learned.start_from(self.costs.model_rate_ratio, self.costs.plain_rate())
+        """Start the next generation as a new process would: the saved cost profile re-read
+        (after this engine's refinements are saved), this machine's speed re-measured, nothing
+        learned and no memory of earlier outputs (used by scripts/auto-vs-plain)."""
+        if self._profile_key and self.learned is not None and self.learned.rounds:
+            self._save_auto_profile()
+        self.costs = self.learned = self.memory = None
 
     def _prepare_auto(self) -> None:
         """Auto mode's knowledge: this machine's measured costs (calibrated once, then cached
@@ -192,13 +206,33 @@ class Engine:
         cfg = self.config
         key = "|".join(str(x) for x in (
             self.target_model.name, self.target_model.size_bytes, cfg.threads or os.cpu_count(), cfg.n_gpu_layers,
-            self.draft_model.name if self.draft_model else "-", cfg.draft_threads, cfg.draft_n_gpu_layers, cfg.k,
+            self.draft_model.name if self.draft_model else "-", cfg.draft_threads, cfg.draft_n_gpu_layers,
+            ",".join(cfg.rpc) or "local",
         ))
         self._profile_key = key
-        if not self.costs.load(cost_profile_path(), key):
-            self.costs.calibrate(self.target, self.draft, max_batch=cfg.k + 1)
+        max_batch = min(max(cfg.k, AUTO_DEFAULT_K) + 1, self.target.n_batch)
+        if self.costs.load(cost_profile_path(), key):
+            # The saved profile is a prior; this machine's speed now is measured, not assumed.
+            self.costs.measure_speed(self.target)
+        else:
+            self.costs.calibrate(self.target, self.draft, max_batch=max_batch)
             self.costs.save(cost_profile_path(), key)
         self.learned.start_from(self.costs.model_rate_ratio, self.costs.plain_rate())
+        self._open_memory()
+
+    def _open_memory(self) -> None:
+        """Earlier outputs of this target: kept for this process, and on disk only when asked."""
+        from .drafting.memory import OutputMemory, memory_path
+
+        if self.config.memory is False:
+            return
+        vocab = self.target_model.vocab.n_tokens
+        key = f"{self.target_model.name}|{self.target_model.size_bytes}"
+        self._memory_file = memory_path(cost_profile_path().parent, key) if self.config.memory else None
+        if self._memory_file is not None:
+            self.memory = OutputMemory.load(self._memory_file, key, n_vocab=vocab)
+        else:
+            self.memory = OutputMemory(model_key=key, n_vocab=vocab)
 
     def _save_auto_profile(self) -> None:
         """Keep the refined costs and the draft model's verdict for the next run."""
@@ -208,20 +242,23 @@ class Engine:
         self.costs.save(cost_profile_path(), self._profile_key)
 
     def generate(self, prompt: Sequence[int], request: Request) -> Generation:
-        rng = np.random.default_rng(request.seed)
+        """A generation to iterate. Without a seed one is drawn, and reported (generation.seed)
+        so that a sampled run can be replayed."""
+        seed = request.seed if request.seed is not None else secrets.randbits(32)
         return Generation(
             self.target,
             self.make_policy(request),
             prompt,
-            params=request.params,
+            sampler=Sampler(request.params, request.sampler, seed),
             max_tokens=request.max_tokens,
-            rng=rng,
             ignore_eos=request.ignore_eos,
         )
 
     def close(self) -> None:
-        if getattr(self, "_profile_key", None) and self.learned.rounds:
+        if self._profile_key and self.learned is not None and self.learned.rounds:
             self._save_auto_profile()
+        if self.memory is not None and self._memory_file is not None and len(self.memory):
+            self.memory.save(self._memory_file)
         for obj in (self.draft, self.target, self.draft_model, self.target_model):
             if obj is not None:
                 obj.close()
@@ -238,19 +275,18 @@ def make_model_drafter(
     context: llama.Context,
     target_vocab: llama.Vocab,
     compatibility: Optional[Compatibility],
-    params: SamplingParams,
     *,
     ignore_eos: bool,
 ) -> Drafter:
     """The drafter for a loaded draft model: token ids when the vocabularies pair
     (`compatibility`), through text when they do not (None: --cross-vocab)."""
     if compatibility is None:
-        return CrossVocabDrafter(context, target_vocab, params)
+        return CrossVocabDrafter(context, target_vocab)
     # Shared ids whose texts differ would be verified as something else: never propose them.
     suppressed = list(compatibility.masked_ids)
     if ignore_eos:
         suppressed += context.model.vocab.eog_ids
-    return ModelDrafter(context, params, target_vocab.n_tokens, suppressed)
+    return ModelDrafter(context, target_vocab.n_tokens, suppressed)
 
 
 def with_overrides(request: Request, overrides: dict) -> Request:
@@ -260,5 +296,5 @@ def with_overrides(request: Request, overrides: dict) -> Request:
     param_updates = {p_fields[k]: v for k, v in overrides.items() if k in p_fields}
     if param_updates:
         params = replace(params, **param_updates)
-    req_fields = {"max_tokens", "seed", "chat", "ignore_eos", "truncate"}
+    req_fields = {"max_tokens", "seed", "chat", "ignore_eos", "truncate", "sampler"}
     return replace(request, params=params, **{k: v for k, v in overrides.items() if k in req_fields})

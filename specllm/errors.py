@@ -42,3 +42,8 @@ class DecodeError(SpecllmError):
 
 class ContextFullError(SpecllmError):
     """The KV cache has no room for the next tokens. Generation ends with finish_reason "length"."""
+
+
+class RpcError(SpecllmError):
+    """An RPC worker cannot be used: unreachable, not an RPC server, another protocol version,
+    or a llama.cpp built without RPC."""

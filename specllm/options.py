@@ -67,6 +67,12 @@ DraftGpuLayersOpt = Annotated[
     Optional[int], typer.Option("-ngld", "--draft-n-gpu-layers", show_default=False, metavar="N", rich_help_panel=MODELS,
                                 help="Draft layers offloaded to the GPU (default: as -ngl).")
 ]
+RpcOpt = Annotated[
+    Optional[str],
+    typer.Option("--rpc", help="llama.cpp RPC workers (`specllm rpc-server`) holding the target's layers, "
+                 "comma-separated; with -ngl 0 all layers go there. The draft stays on this machine.",
+                 envvar="SPECLLM_RPC", show_default=False, metavar="HOST:PORT[,..]", rich_help_panel=MODELS),
+]
 TempOpt = Annotated[float, typer.Option("--temp", help="Temperature; 0 = greedy (output identical to the target's).",
                                         metavar="T", rich_help_panel=SAMPLING)]
 TopKOpt = Annotated[int, typer.Option("--top-k", help="Top-k filter (0: off).", metavar="K", rich_help_panel=SAMPLING)]
@@ -76,6 +82,15 @@ MinPOpt = Annotated[float, typer.Option("--min-p", help="Min-p filter (0: off)."
                                         rich_help_panel=SAMPLING)]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed, for reproducible sampling.",
                                                 show_default=False, metavar="N", rich_help_panel=SAMPLING)]
+SamplerOpt = Annotated[Optional[str], typer.Option(
+    "--sampler", help="How sampled drafts are verified: gumbel (default: one seed gives one text whatever the "
+    "drafter) or rejection (min(1, p/q), the highest acceptance for model drafts).", envvar="SPECLLM_SAMPLER",
+    show_default=False, metavar="NAME", rich_help_panel=SAMPLING)]
+MemoryOpt = Annotated[Optional[bool], typer.Option(
+    "--memory/--no-memory", help="Auto mode drafts from earlier outputs of this target: by default those of this "
+    "run (a --jsonl batch); --memory keeps them on disk for later runs too (0600, bounded), --no-memory not at all.",
+    envvar="SPECLLM_MEMORY", show_default=False,
+    rich_help_panel=SPECULATION)]
 MaxTokensOpt = Annotated[int, typer.Option("-n", "--max-tokens", help="Most tokens to generate.", metavar="N",
                                            rich_help_panel=SAMPLING)]
 CrossVocabOpt = Annotated[

@@ -24,14 +24,7 @@ import numpy as np
 from .drafters import NO_DRAFT, Draft, Drafter
 from .errors import ContextFullError, DecodeError, PromptTooLongError
 from .llama import Context, common_prefix_length
-from .sampling import (
-    SamplingParams,
-    greedy,
-    logits_to_probs,
-    residual_distribution,
-    sample,
-    speculative_accept,
-)
+from .sampling import DraftChooser, Sampler
 from .stats import SpecStats
 
 
@@ -50,9 +43,12 @@ class DraftPolicy(Protocol):
 
     def begin(self, prompt: Sequence[int]) -> None: ...
 
-    def draft(self, history: Sequence[int], max_k: int, rng: np.random.Generator) -> Draft: ...
+    def draft(self, history: Sequence[int], max_k: int, choose: DraftChooser) -> Draft: ...
 
     def observe(self, draft: Draft, n_accepted: int, target_seconds: float) -> None: ...
+
+    def end(self, output: Sequence[int]) -> None:
+        """The generation is over (finished or interrupted); `output` is what it emitted."""
 
 
 class FixedPolicy:
@@ -66,35 +62,15 @@ class FixedPolicy:
     def begin(self, prompt: Sequence[int]) -> None:
         self.drafter.begin(prompt)
 
-    def draft(self, history: Sequence[int], max_k: int, rng: np.random.Generator) -> Draft:
+    def draft(self, history: Sequence[int], max_k: int, choose: DraftChooser) -> Draft:
         k = min(self.k, max_k)
-        return self.drafter.propose(history, k, rng) if k > 0 else NO_DRAFT
+        return self.drafter.propose(history, k, choose) if k > 0 else NO_DRAFT
 
     def observe(self, draft: Draft, n_accepted: int, target_seconds: float) -> None:
         pass
 
-
-def verify_greedy(logits_tgt: np.ndarray, draft_tokens: Sequence[int]) -> tuple[int, int]:
-    """(accepted count, target's next token): drafts stand while they are the target's argmax."""
-    for i, x in enumerate(draft_tokens):
-        target_choice = greedy(logits_tgt[i])
-        if target_choice != x:
-            return i, target_choice
-    return len(draft_tokens), greedy(logits_tgt[len(draft_tokens)])
-
-
-def verify_sampled(
-    logits_tgt: np.ndarray, draft: Draft, params: SamplingParams, rng: np.random.Generator
-) -> tuple[int, int]:
-    """Speculative sampling: accept x ~ q with min(1, p/q), else resample from norm(max(0, p - q))."""
-    for i, x in enumerate(draft.tokens):
-        p = logits_to_probs(logits_tgt[i], params)
-        q = draft.probs[i] if draft.probs is not None else None
-        if not speculative_accept(p, q, x, rng):
-            return i, sample(residual_distribution(p, q, x), rng)
-    # Every draft accepted: the bonus token comes from the target alone.
-    p = logits_to_probs(logits_tgt[len(draft.tokens)], params)
-    return len(draft.tokens), sample(p, rng)
+    def end(self, output: Sequence[int]) -> None:
+        pass
 
 
 class Generation:
@@ -110,9 +86,8 @@ class Generation:
         policy: DraftPolicy,
         prompt: Sequence[int],
         *,
-        params: SamplingParams,
+        sampler: Sampler,
         max_tokens: int | None,
-        rng: np.random.Generator,
         ignore_eos: bool = False,
     ):
         if not prompt:
@@ -125,9 +100,8 @@ class Generation:
         self.target = target
         self.policy = policy
         self.prompt = list(prompt)
-        self.params = params
+        self.sampler = sampler
         self.max_tokens = max_tokens
-        self.rng = rng
         self.vocab = target.model.vocab
         self.eog_ids = list(self.vocab.eog_ids) if ignore_eos else []
         self.history: list[int] = list(prompt)  # prompt + emitted; the target caches all but the last
@@ -148,15 +122,27 @@ class Generation:
             raise
         finally:
             self.stats.decode_seconds = time.perf_counter() - start
+            self.policy.end(self.tokens)
+
+    @property
+    def seed(self) -> int:
+        return self.sampler.seed
 
     def _prefill(self) -> None:
         start = time.perf_counter()
-        cached = common_prefix_length(self.target.tokens, self.prompt[:-1])
-        self.target.truncate(cached)
-        if len(self.prompt) > 1 + cached:
-            self.target.decode(self.prompt[cached:-1])
+        self._sync_target()
         self.policy.begin(self.prompt)
         self.stats.prompt_seconds = time.perf_counter() - start
+
+    def _sync_target(self) -> None:
+        """Make the target's cache hold history[:-1], reusing the prefix it already holds (an
+        earlier request's prompt, or this generation's own cache after anything disturbed it)."""
+        self.target.resync()
+        self.target.owner = self
+        cached = common_prefix_length(self.target.tokens, self.history[:-1])
+        self.target.truncate(cached)
+        if len(self.history) > 1 + cached:
+            self.target.decode(self.history[cached:-1])
 
     @property
     def remaining(self) -> int:
@@ -167,6 +153,8 @@ class Generation:
         if self.remaining <= 0 or self.target.room < 1:
             self.finish_reason = "length"
             return []
+        if self.target.owner is not self or not self.target.in_sync():
+            self._sync_target()  # another generation used this context, or an interrupt hit a decode
         n_cached = self.target.n_past
         last = self.history[-1]
         # At most `remaining` tokens may be emitted: n accepted drafts + 1 of the target's.
@@ -181,10 +169,7 @@ class Generation:
             self.finish_reason = "length"
             return []
         self._suppress_eog(logits_tgt)
-        if self.params.greedy:
-            n_accepted, token_tgt = verify_greedy(logits_tgt, draft.tokens)
-        else:
-            n_accepted, token_tgt = verify_sampled(logits_tgt, draft, self.params, self.rng)
+        n_accepted, token_tgt = self.sampler.verify(logits_tgt, draft.tokens, draft.probs, len(self.tokens))
         self.target.truncate(n_cached + 1 + n_accepted)
         t2 = time.perf_counter()
 
@@ -198,7 +183,7 @@ class Generation:
         if max_k <= 0:
             return NO_DRAFT
         try:
-            return self.policy.draft(self.history, max_k, self.rng)
+            return self.policy.draft(self.history, max_k, DraftChooser(self.sampler, len(self.tokens)))
         except (ContextFullError, DecodeError):
             # The draft's own context is full or failed: this round goes without drafts
             # (its cache was restored by Context.decode); the target carries on.

@@ -1,8 +1,36 @@
-"""Auto mode's arithmetic: expected tokens, best draft length, measured costs."""
+"""Auto mode without models: its arithmetic, its costs that heal, and its per-round choices on
+scripted costs and acceptances."""
+
+from __future__ import annotations
+
+import json
 
 import pytest
 
-from specllm.auto import AcceptanceTable, CostModel, best_draft_length, confidence_bucket, expected_tokens
+from specllm.auto import (
+    AcceptanceTable,
+    AutoPolicy,
+    CostModel,
+    Learned,
+    ShapePoint,
+    best_draft_length,
+    confidence_bucket,
+    expected_tokens,
+)
+from specllm.auto.costs import PLAIN_PROBE_INTERVAL, PROFILE_VERSION
+from specllm.drafters import NO_DRAFT, Draft
+from specllm.sampling import DraftChooser, Sampler, SamplingParams
+
+# The target's cost on a 2-core CPU (1.5B Q4_K_M), ms per decode of n tokens.
+CPU_MS = {1: 90, 2: 133, 4: 164, 8: 338, 16: 425, 24: 662, 32: 785, 48: 1220, 64: 1358, 128: 2466}
+
+
+def cpu_costs(scale: float = 1.0) -> CostModel:
+    costs = CostModel(t1=CPU_MS[1] / 1000 * scale, t1_fresh=1)
+    for n, ms in CPU_MS.items():
+        if n > 1:
+            costs.shape[n] = ShapePoint(ms / CPU_MS[1], fresh=2)
+    return costs
 
 
 def test_expected_tokens_is_one_plus_survival_products():
@@ -12,44 +40,76 @@ def test_expected_tokens_is_one_plus_survival_products():
 
 
 def test_best_length_on_a_flat_cost_drafts_everything_useful():
-    # GPU-like: verifying 1 or 5 tokens costs the same, so every draft is worth it.
     k, rate = best_draft_length([0.8] * 4, lambda k: 0.010)
     assert k == 4
     assert rate == pytest.approx((1 + 0.8 + 0.64 + 0.512 + 0.4096) / 0.010)
 
 
 def test_best_length_on_a_cpu_cost_curve_can_be_zero():
-    # CPU-like costs measured on a 2-core machine: T(1)=72ms, T(2)=115ms, T(3)=150ms.
     costs = {0: 0.072, 1: 0.115, 2: 0.150}
     k, rate = best_draft_length([0.5, 0.5], lambda k: costs[k])
     assert k == 0 and rate == pytest.approx(1 / 0.072)
     k, _ = best_draft_length([0.9, 0.9], lambda k: costs[k])
-    assert k == 2  # (1 + .9 + .81) / .150 = 18.1/s beats 1/.072 = 13.9/s
+    assert k == 2
 
 
-def test_best_length_exploits_a_cheap_larger_batch():
-    # Batches of 4 can be cheaper than 3 on CPUs (kernel shapes): T(4) < T(3).
-    costs = {0: 0.072, 1: 0.115, 2: 0.150, 3: 0.122}
-    k, _ = best_draft_length([0.7, 0.7, 0.7], lambda k: costs[k])
-    assert k == 3
+def test_unmeasured_sizes_come_from_a_fitted_curve():
+    costs = cpu_costs()
+    # Between measured sizes: interpolated, not the next measured size.
+    assert costs.ratio(12) == pytest.approx((338 + (425 - 338) / 2) / 90)
+    # Beyond them: a line through the measured points, never below the largest.
+    assert costs.ratio(200) > costs.ratio(128)
+    assert costs.target_time(1) == pytest.approx(0.09)
+    only_small = CostModel(t1=0.1, t1_fresh=1, shape={2: ShapePoint(1.5, fresh=1)})
+    assert only_small.ratio(3) == pytest.approx(2.0)  # the line through (1, 1) and (2, 1.5)
 
 
-def test_cost_model_lookup_and_moving_average():
-    costs = CostModel(target={1: 0.07, 4: 0.12})
-    assert costs.target_time(1) == 0.07
-    assert costs.target_time(3) == 0.12  # unmeasured: next larger measured size
-    assert costs.target_time(8) == pytest.approx(0.24)  # beyond: scaled from the largest
-    costs.observe_target(1, 0.17)
-    assert costs.target_time(1) == pytest.approx(0.8 * 0.07 + 0.2 * 0.17)
+def test_a_poisoned_speed_heals_with_the_first_plain_decode():
+    costs = cpu_costs(scale=4.0)  # T(1) stored 4x too high (a busy spell)
+    costs.t1_fresh = 0  # as loaded from a profile
+    costs.observe_target(1, 0.090)
+    assert costs.target_time(1) == pytest.approx(0.090)
+    costs.observe_target(1, 0.100)
+    assert costs.target_time(1) == pytest.approx(0.092)
 
 
-def test_cost_profile_round_trip(tmp_path):
+def test_a_shape_3x_too_high_is_rescaled_by_one_fresh_measurement(tmp_path):
     path = tmp_path / "costs.json"
-    CostModel(target={1: 0.07, 2: 0.1}, draft={1: 0.03}).save(path, "key")
-    loaded = CostModel()
-    assert loaded.load(path, "key")
-    assert loaded.target == {1: 0.07, 2: 0.1} and loaded.draft == {1: 0.03}
-    assert not CostModel().load(path, "other key")
+    poisoned = cpu_costs()
+    for point in poisoned.shape.values():
+        point.ratio *= 3
+    poisoned.save(path, "key")
+    costs = CostModel()
+    assert costs.load(path, "key") and costs.t1_fresh == 0
+    costs.observe_target(1, 0.090)
+    assert costs.ratio(64) == pytest.approx(3 * 1358 / 90)
+    assert costs.stale_size(65) == 2
+    costs.observe_target(2, 0.133)  # a probe at the smallest unmeasured size
+    assert costs.ratio(2) == pytest.approx(133 / 90)
+    assert costs.ratio(64) == pytest.approx(1358 / 90, rel=0.01)  # every other size follows
+
+
+def test_a_run_saves_only_what_it_measured(tmp_path):
+    path = tmp_path / "costs.json"
+    cpu_costs().save(path, "key")
+    costs = CostModel()
+    costs.load(path, "key")
+    costs.observe_target(1, 0.3)  # a busy run
+    costs.observe_target(8, 1.2)  # measured once: not enough to replace the saved shape
+    costs.save(path, "key")
+    entry = json.loads(path.read_text())["key"]
+    assert entry["version"] == PROFILE_VERSION
+    assert entry["shape"]["8"] == pytest.approx(338 / 90)
+
+
+def test_old_or_broken_profiles_are_ignored(tmp_path):
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps({"key": {"target": {"1": 0.315}, "draft": {}}}))  # specllm 0.1's layout
+    assert not CostModel().load(path, "key")
+    path.write_text("{not json")
+    assert not CostModel().load(path, "key")
+    CostModel(t1=0.1, t1_fresh=1, shape={2: ShapePoint(1.5, fresh=2)}).save(path, "key")  # overwrites the junk
+    assert CostModel().load(path, "key")
 
 
 def test_acceptance_table_starts_at_prior_and_learns():
@@ -64,19 +124,128 @@ def test_confidence_buckets_are_ordered():
     assert confidence_bucket(0.05) < confidence_bucket(0.5) < confidence_bucket(0.95) < confidence_bucket(0.99)
 
 
-def test_draft_model_verdict_is_kept_between_runs(tmp_path):
-    from specllm.auto import Learned
+# -- the policy on scripted drafters --------------------------------------------------------
 
-    path = tmp_path / "costs.json"
-    CostModel(target={1: 0.07}, model_rate_ratio=0.8).save(path, "key")
-    costs = CostModel()
-    assert costs.load(path, "key") and costs.model_rate_ratio == 0.8
+
+class ScriptedLookup:
+    """A lookup drafter that proposes a fixed continuation with a fixed match length."""
+
+    def __init__(self, tokens: list[int], match_length: int, source: str = "suffix"):
+        self.name = source
+        self.tokens, self.match_length = tokens, match_length
+
+    def begin(self, prompt) -> None:
+        pass
+
+    def propose(self, history, k, choose, keep_drafting=None) -> Draft:
+        tokens = self.tokens[:k]
+        if not tokens:
+            return NO_DRAFT
+        return Draft(tokens=tokens, source=self.name, ngram_size=self.match_length, confidence=[1.0] * len(tokens))
+
+
+class ScriptedModel:
+    name = "model"
+
+    def __init__(self):
+        self.calls = 0
+
+    def begin(self, prompt) -> None:
+        pass
+
+    def propose(self, history, k, choose, keep_drafting=None) -> Draft:
+        self.calls += 1
+        confidence = [0.95] * min(k, 3)
+        return Draft(tokens=[7] * len(confidence), source="model", confidence=confidence)
+
+
+CHOOSE = DraftChooser(Sampler(SamplingParams()), 0)
+
+
+def run_rounds(policy: AutoPolicy, n: int, accept_all: bool = True, seconds=None) -> list[Draft]:
+    drafts = []
+    for _ in range(n):
+        draft = policy.draft([1, 2, 3], 1000, CHOOSE)
+        n_accepted = len(draft) if accept_all else 0
+        policy.observe(draft, n_accepted, seconds(len(draft) + 1) if seconds else CPU_MS.get(len(draft) + 1, 100) / 1000)
+        drafts.append(draft)
+    return drafts
+
+
+def true_cpu_seconds(n: int) -> float:
+    known = sorted(CPU_MS)
+    for a, b in zip(known, known[1:]):
+        if a <= n <= b:
+            return (CPU_MS[a] + (CPU_MS[b] - CPU_MS[a]) * (n - a) / (b - a)) / 1000
+    return CPU_MS[128] / 1000 * n / 128
+
+
+def test_nothing_to_draft_means_plain_rounds():
+    policy = AutoPolicy([ScriptedLookup([], 0)], None, max_k=64, costs=cpu_costs())
+    assert all(not d.tokens for d in run_rounds(policy, 20, seconds=true_cpu_seconds))
+
+
+def test_a_repetition_loop_drafts_long():
+    # A copy that is always accepted: drafts grow to dozens of tokens (CPU costs: ~32-64).
+    policy = AutoPolicy([ScriptedLookup(list(range(100)), 40)], None, max_k=64, costs=cpu_costs())
+    drafts = run_rounds(policy, 60, seconds=true_cpu_seconds)
+    assert len(drafts[-1]) >= 24
+    assert sum(len(d) for d in drafts[-10:]) / 10 >= 24
+
+
+def test_short_chance_matches_are_not_drafted_when_they_fail():
+    policy = AutoPolicy([ScriptedLookup([5, 6, 7], 2)], None, max_k=64, costs=cpu_costs())
+    drafts = run_rounds(policy, 80, accept_all=False, seconds=true_cpu_seconds)
+    assert sum(1 for d in drafts[-40:] if d.tokens) <= 6  # only the occasional probe
+
+
+def test_the_draft_model_is_used_when_its_rounds_pay_and_dropped_when_not():
+    model = ScriptedModel()
+    learned = Learned()
+    learned.start_from(2.0, plain_rate=1 / 0.09)  # earlier runs: model rounds at 2x plain
+    policy = AutoPolicy([ScriptedLookup([], 0)], model, max_k=64, costs=cpu_costs(), learned=learned)
+    policy.draft([1, 2, 3], 1000, CHOOSE)
+    assert model.calls == 1
 
     slow = Learned()
-    slow.start_from(0.8, plain_rate=10.0)
-    assert slow.model_rate(10.0) == pytest.approx(8.0)
-    assert not slow.should_explore_model()  # no probe at the start of the next generation
+    slow.start_from(0.6, plain_rate=1 / 0.09)  # model rounds at 0.6x plain: not worth it
+    model = ScriptedModel()
+    policy = AutoPolicy([ScriptedLookup([], 0)], model, max_k=64, costs=cpu_costs(), learned=slow)
+    run_rounds(policy, 30, seconds=true_cpu_seconds)
+    assert model.calls <= 1
 
-    fresh = Learned()
-    fresh.start_from(None, plain_rate=10.0)
-    assert fresh.should_explore_model() and fresh.model_rate(10.0) > 10.0  # untried: worth a look
+
+def test_a_3x_poisoned_shape_heals_within_a_few_dozen_rounds(tmp_path):
+    path = tmp_path / "costs.json"
+    poisoned = cpu_costs()
+    for point in poisoned.shape.values():
+        point.ratio *= 3
+    poisoned.save(path, "key")
+    costs = CostModel()
+    costs.load(path, "key")
+    costs.observe_target(1, 0.090)  # the engine measures T(1) at load
+    policy = AutoPolicy([ScriptedLookup(list(range(100)), 12)], None, max_k=64, costs=costs)
+    drafts = run_rounds(policy, 40, seconds=true_cpu_seconds)
+    assert costs.ratio(64) == pytest.approx(1358 / 90, rel=0.15)
+    assert sum(len(d) for d in drafts[-10:]) / 10 >= 16
+
+
+def test_a_stale_plain_speed_is_refreshed_by_a_forced_plain_round():
+    policy = AutoPolicy([ScriptedLookup(list(range(100)), 40)], None, max_k=64, costs=cpu_costs())
+    drafts = run_rounds(policy, PLAIN_PROBE_INTERVAL + 5, seconds=true_cpu_seconds)
+    assert any(not d.tokens for d in drafts[PLAIN_PROBE_INTERVAL - 5 :])
+
+
+def test_memory_receives_the_output():
+    class Memory:
+        def __init__(self):
+            self.added = []
+
+        def add(self, tokens):
+            self.added.append(tokens)
+
+    memory = Memory()
+    policy = AutoPolicy([], None, max_k=8, costs=cpu_costs(), memory=memory)
+    policy.end([4, 5, 6])
+    policy.end([])
+    assert memory.added == [[4, 5, 6]]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from specllm.crossvocab import (
@@ -19,7 +18,7 @@ from specllm.crossvocab import (
 from specllm.engine import Engine, EngineConfig, Request
 from specllm.errors import IncompatibleModelsError
 from specllm.llama import Model
-from specllm.sampling import SamplingParams
+from specllm.sampling import DraftChooser, Sampler, SamplingParams
 from helpers import CHI2_CRITICAL_P001, chi_square, first_token_counts, run, target_first_token_probs
 from tiny_models import ENGLISH_WORDS, build_tiny_model, make_vocab
 
@@ -29,7 +28,8 @@ PROMPTS = [
     "one word: when your hand is up, the other",
 ]
 N_TOKENS = 48
-RNG = np.random.default_rng(0)
+# Drafting choices at output position 0, greedy (cross-vocabulary drafts are point masses).
+CHOOSE = DraftChooser(Sampler(SamplingParams()), 0)
 
 
 @pytest.fixture(scope="module")
@@ -221,8 +221,8 @@ def test_no_draft_while_the_target_is_inside_a_character(tiny, twin):
         history = vocab.tokenize("the cat said é", add_special=True)
         assert vocab.piece(history[-1]) == "é".encode()[1:]
         drafter.begin(history[:-1])
-        assert drafter.propose(history[:-1], 4, RNG).tokens == []
-        assert len(drafter.propose(history, 4, RNG).tokens) > 0
+        assert drafter.propose(history[:-1], 4, CHOOSE).tokens == []
+        assert len(drafter.propose(history, 4, CHOOSE).tokens) > 0
 
 
 def test_drafts_carry_a_confidence_per_target_token(tiny, twin):
@@ -231,7 +231,7 @@ def test_drafts_carry_a_confidence_per_target_token(tiny, twin):
         history = engine.tokenize_prompt(PROMPTS[0], Request())
         drafter.begin(history)
         asked: list[tuple[int, float]] = []
-        draft = drafter.propose(history, 4, RNG, keep_drafting=lambda i, c: asked.append((i, c)) or True)
+        draft = drafter.propose(history, 4, CHOOSE, keep_drafting=lambda i, c: asked.append((i, c)) or True)
     assert draft.source == "xvocab" and draft.probs is None
     assert len(draft.confidence) == len(draft.tokens) == 4
     assert all(0.0 < c <= 1.0 for c in draft.confidence)

@@ -20,7 +20,7 @@ from ..errors import UsageError
 from ..prompts import BUILTIN_PROMPTS, load_prompts, select_prompts
 from ..options import (
     FLAG, IO, MODELS, SAMPLING, SPECULATION, CrossVocabOpt, CtxSizeOpt, GpuLayersOpt, MaxTokensOpt,
-    ModelOpt, NgramOpt, SeedOpt, TempOpt, ThreadsOpt, VerboseOpt,
+    ModelOpt, NgramOpt, RpcOpt, SeedOpt, TempOpt, ThreadsOpt, VerboseOpt,
 )
 from ..sampling import SamplingParams
 
@@ -67,6 +67,7 @@ def bench(
     ctx_size: CtxSizeOpt = DEFAULT_CTX_SIZE,
     threads: ThreadsOpt = None,
     n_gpu_layers: GpuLayersOpt = 0,
+    rpc: RpcOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON document with a `rows` list.", metavar=FLAG,
                                         rich_help_panel=IO)] = False,
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write the rows to this CSV file.",
@@ -87,7 +88,7 @@ def bench(
             model=model, draft_models=draft_models or [], ks=ks, max_tokens=max_tokens, prompts=prompts,
             category=category, limit=limit, context_lengths=context_lengths, modes=modes, temp=temp, seed=seed,
             ignore_eos=ignore_eos, chat=chat, ngram=ngram, cross_vocab=cross_vocab, ctx_size=ctx_size, threads=threads,
-            n_gpu_layers=n_gpu_layers,
+            n_gpu_layers=n_gpu_layers, rpc=rpc,
         )
         result = _run_with_progress(settings, prompt_set)
         for message in result.warnings:
@@ -96,7 +97,7 @@ def bench(
 
 
 def _settings(*, model, draft_models, ks, max_tokens, prompts, category, limit, context_lengths, modes, temp, seed,
-              ignore_eos, chat, ngram, cross_vocab, ctx_size, threads, n_gpu_layers) -> tuple[BenchSettings, list]:
+              ignore_eos, chat, ngram, cross_vocab, ctx_size, threads, n_gpu_layers, rpc) -> tuple[BenchSettings, list]:
     if max_tokens < 1:
         raise UsageError(f"--max-tokens must be >= 1, got {max_tokens}")
     check_positive("--limit", limit)
@@ -113,7 +114,7 @@ def _settings(*, model, draft_models, ks, max_tokens, prompts, category, limit, 
     config = engine_config(
         model=model, draft_model=draft_models[0] if draft_models else None, mode=None, k=None, ngram=ngram,
         ctx_size=ctx_size, draft_ctx_size=None, threads=threads, draft_threads=None, n_gpu_layers=n_gpu_layers,
-        draft_n_gpu_layers=None, cross_vocab=cross_vocab, progress=FetchBars(),
+        draft_n_gpu_layers=None, cross_vocab=cross_vocab, rpc=rpc, progress=FetchBars(),
     )
     from ..registry import resolve_model
 
@@ -124,6 +125,7 @@ def _settings(*, model, draft_models, ks, max_tokens, prompts, category, limit, 
         params=SamplingParams(temperature=temp), seed=seed, ignore_eos=ignore_eos, chat=chat,
         context_lengths=lengths, ctx_size=config.ctx_size, threads=config.threads,
         n_gpu_layers=config.n_gpu_layers, ngram_sizes=config.ngram_sizes, cross_vocab=config.cross_vocab,
+        rpc=config.rpc,
     )
     return settings, prompt_set
 

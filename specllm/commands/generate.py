@@ -11,14 +11,14 @@ import typer
 from rich.markup import escape
 
 from .. import llama
-from ..config import DEFAULT_CTX_SIZE, check_positive, check_sampling, check_seed, engine_config
+from ..config import DEFAULT_CTX_SIZE, check_positive, check_sampler, check_sampling, check_seed, engine_config
 from ..console import EXIT_INTERRUPTED, FetchBars, reported_errors, silence_stdout, stderr, warn
 from ..engine import Engine, Request, with_overrides
 from ..errors import SpecllmError, UsageError
 from ..options import (
     FLAG, IO, CrossVocabOpt, CtxSizeOpt, DraftCtxSizeOpt, DraftGpuLayersOpt, DraftMaxOpt, DraftModelOpt,
-    DraftThreadsOpt, GpuLayersOpt, MaxTokensOpt, MinPOpt, ModelOpt, ModeOpt, NgramOpt, SeedOpt, TempOpt, ThreadsOpt,
-    TopKOpt, TopPOpt, VerboseOpt,
+    DraftThreadsOpt, GpuLayersOpt, MaxTokensOpt, MemoryOpt, MinPOpt, ModelOpt, ModeOpt, NgramOpt, RpcOpt, SamplerOpt,
+    SeedOpt, TempOpt, ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt,
 )
 from ..render import LiveDisplay, TextStream, acceptance_warning, stats_table
 from ..sampling import SamplingParams
@@ -44,11 +44,14 @@ def generate(
     draft_threads: DraftThreadsOpt = None,
     n_gpu_layers: GpuLayersOpt = 0,
     draft_n_gpu_layers: DraftGpuLayersOpt = None,
+    rpc: RpcOpt = None,
     temp: TempOpt = 0.0,
     top_k: TopKOpt = 0,
     top_p: TopPOpt = 1.0,
     min_p: MinPOpt = 0.0,
     seed: SeedOpt = None,
+    sampler: SamplerOpt = None,
+    memory: MemoryOpt = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Never stop at end-of-generation tokens.",
                                              metavar=FLAG, rich_help_panel="Sampling")] = False,
     chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the model's chat template.",
@@ -59,8 +62,8 @@ def generate(
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object (text, tokens, stats) instead of "
                                         "streaming.", metavar=FLAG, rich_help_panel=IO)] = False,
     jsonl: Annotated[bool, typer.Option("--jsonl", help='Read one JSON object per stdin line ({"prompt": ...} and '
-                                        "optional max_tokens, temp, top_k, top_p, min_p, seed, chat, ignore_eos, "
-                                        "truncate); write one result per line.", metavar=FLAG,
+                                        "optional max_tokens, temp, top_k, top_p, min_p, seed, sampler, chat, "
+                                        "ignore_eos, truncate); write one result per line.", metavar=FLAG,
                                         rich_help_panel=IO)] = False,
     no_stats: Annotated[bool, typer.Option("--no-stats", help="No statistics on stderr.", metavar=FLAG,
                                            rich_help_panel=IO)] = False,
@@ -82,13 +85,14 @@ def generate(
         llama.set_verbose(verbose)
         check_output_flags(json_=json_, jsonl=jsonl, prompt=prompt)
         request = build_request(max_tokens=max_tokens, temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
-                                chat=chat, ignore_eos=ignore_eos, truncate=truncate)
+                                chat=chat, ignore_eos=ignore_eos, truncate=truncate, sampler=sampler)
         # The prompt is read before models are resolved: an empty one must fail before a download.
         prompt_text = None if jsonl else read_prompt(prompt)
         config = engine_config(
             model=model, draft_model=draft_model, mode=mode, k=draft_max, ngram=ngram, ctx_size=ctx_size,
             draft_ctx_size=draft_ctx_size, threads=threads, draft_threads=draft_threads, n_gpu_layers=n_gpu_layers,
-            draft_n_gpu_layers=draft_n_gpu_layers, cross_vocab=cross_vocab, progress=FetchBars(),
+            draft_n_gpu_layers=draft_n_gpu_layers, cross_vocab=cross_vocab, memory=memory, rpc=rpc,
+            progress=FetchBars(),
         )
         with Engine(config) as engine:
             for message in engine.warnings:
@@ -111,10 +115,11 @@ def check_output_flags(*, json_: bool, jsonl: bool, prompt: Optional[str]) -> No
 
 
 def build_request(*, max_tokens: int, temp: float, top_k: int, top_p: float, min_p: float, seed: Optional[int],
-                  chat: bool, ignore_eos: bool, truncate: bool) -> Request:
+                  chat: bool, ignore_eos: bool, truncate: bool, sampler: Optional[str] = None) -> Request:
     check_positive("--max-tokens", max_tokens, allow_zero=True)
     check_sampling(temp, top_k, top_p, min_p)
     check_seed(seed)
+    check_sampler(sampler)
     return Request(
         max_tokens=max_tokens,
         params=SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p),
@@ -122,6 +127,7 @@ def build_request(*, max_tokens: int, temp: float, top_k: int, top_p: float, min
         chat=chat,
         ignore_eos=ignore_eos,
         truncate=truncate,
+        sampler=sampler or "gumbel",
     )
 
 
@@ -200,7 +206,7 @@ def print_summary(generation: Generation) -> None:
 def run_json(engine: Engine, tokens: list[int], request: Request, *, show_stats: bool) -> None:
     generation = engine.generate(tokens, request)
     stop = drain(generation)
-    write_json_line(result_object(generation, stop))
+    write_json_line({**result_object(generation, stop), "target_placement": engine.target_model.placement})
     if show_stats:
         print_summary(generation)
     raise_stop(stop)
@@ -214,6 +220,9 @@ def result_object(generation: Generation, stop: Stop = None) -> dict:
         "tokens": generation.tokens,
         "from_draft": generation.from_draft,
         "finish_reason": generation.finish_reason or ("interrupted" if stop else None),
+        # The seed used (drawn when none was given) and how drafts were verified: enough to replay.
+        "seed": generation.seed,
+        "sampler": generation.sampler.kind,
         "stats": generation.stats.to_dict(),
     }
     if isinstance(stop, SpecllmError):
@@ -282,7 +291,7 @@ def print_line_stats(index: int, result: dict) -> None:
 
 JSONL_OVERRIDES = {
     "max_tokens": int, "temp": float, "top_k": int, "top_p": float, "min_p": float, "seed": int,
-    "chat": bool, "ignore_eos": bool, "truncate": bool,
+    "chat": bool, "ignore_eos": bool, "truncate": bool, "sampler": str,
 }
 
 
@@ -302,6 +311,7 @@ def parse_jsonl_line(raw: bytes | str, request: Request) -> tuple[Request, str]:
     check_sampling(p.temperature, p.top_k, p.top_p, p.min_p)
     check_positive("max_tokens", line_request.max_tokens, allow_zero=True)
     check_seed(line_request.seed)
+    check_sampler(line_request.sampler)
     return line_request, check_text_is_utf8(obj["prompt"], "the prompt")
 
 

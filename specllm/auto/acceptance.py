@@ -1,0 +1,146 @@
+"""How likely drafts are to be accepted, and what a draft of k tokens is worth.
+
+A round that verifies k drafts emits E(k) = 1 + sum_{j<=k} prod_{i<=j} alpha_i tokens in
+expectation, alpha_i being the chance that draft i is accepted when the ones before it were.
+The alphas are learned from what the target actually accepted, per kind of evidence:
+
+- lookup drafts (suffix index over the text so far, or over earlier outputs): by how long the
+  match is (2-3 tokens is often chance, 16+ is a copy that tends to go on) and by the
+  count-based probability of the drafted token (several different continuations seen: less sure);
+- model drafts: by the draft model's own probability of the token (its confidence).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+
+def expected_tokens(alphas: Sequence[float]) -> list[float]:
+    """E(k) for k = 0..len(alphas): 1 (the target's own token) + expected accepted drafts."""
+    out, survive = [1.0], 1.0
+    for a in alphas:
+        survive *= a
+        out.append(out[-1] + survive)
+    return out
+
+
+def best_draft_length(alphas: Sequence[float], cost: Callable[[int], float]) -> tuple[int, float]:
+    """(k, tokens per second) maximizing E(k) / cost(k) over k = 0..len(alphas)."""
+    best_k, best_rate = 0, 0.0
+    for k, e in enumerate(expected_tokens(alphas)):
+        c = cost(k)
+        rate = e / c if c > 0 else 0.0
+        if rate > best_rate:
+            best_k, best_rate = k, rate
+    return best_k, best_rate
+
+
+class AcceptanceTable:
+    """alpha per key, Beta-smoothed towards a prior, with fading counts (recent rounds weigh
+    more: a prompt of code and one of prose accept differently)."""
+
+    def __init__(self, prior: Callable[[object], float], prior_weight: float, fade: float):
+        self.prior = prior
+        self.prior_weight = prior_weight
+        self.fade = fade
+        self.counts: dict[object, list[float]] = {}
+
+    def estimate(self, key) -> float:
+        accepted, seen = self.counts.get(key, (0.0, 0.0))
+        return (accepted + self.prior_weight * self.prior(key)) / (seen + self.prior_weight)
+
+    def observe(self, key, accepted: bool) -> None:
+        c = self.counts.setdefault(key, [0.0, 0.0])
+        c[0] = c[0] * self.fade + float(accepted)
+        c[1] = c[1] * self.fade + 1.0
+
+
+# Match-length buckets (lower bounds) and how often a draft after such a match is accepted
+# before anything is learned: a match of 1-3 tokens is often chance, 16+ tokens is a copy.
+MATCH_BUCKETS = (1, 2, 3, 4, 6, 10, 16, 32)
+MATCH_PRIOR = {1: 0.15, 2: 0.25, 3: 0.35, 4: 0.45, 6: 0.6, 10: 0.75, 16: 0.85, 32: 0.95}
+# Buckets of the count-based probability of a drafted token (lower bounds).
+COUNT_PROB_BUCKETS = (0.0, 0.3, 0.5, 0.7, 0.9, 0.999)
+# Prior weight in observations: two rounds of evidence outweigh a guess.
+LOOKUP_PRIOR_WEIGHT = 2.0
+# Per-observation fade of lookup counts: about the last 200 positions count. Slow, so that a
+# long copy (a repetition loop) earns alphas close to 1 and drafts of 32-64 tokens.
+LOOKUP_FADE = 0.995
+# Fade of the generation-wide scale of lookup priors (about the last 30 positions).
+SCALE_FADE = 0.97
+# No prior is raised above this by the scale: a guess is never certainty.
+MAX_PRIOR = 0.97
+
+
+def match_bucket(match_length: int) -> int:
+    return max(b for b in MATCH_BUCKETS if b <= max(match_length, 1))
+
+
+def count_prob_bucket(prob: float) -> float:
+    return max(b for b in COUNT_PROB_BUCKETS if b <= prob)
+
+
+class LookupAcceptance:
+    """alpha of lookup drafts by (match-length bucket, count-probability bucket).
+
+    A key's prior is its static guess scaled by how lookup drafts have fared against their
+    static guesses lately: on a summary most matches continue, in fresh code few do, and a key
+    not tried yet should inherit that rather than a fixed guess.
+    """
+
+    def __init__(self):
+        self.table = AcceptanceTable(self._prior, LOOKUP_PRIOR_WEIGHT, LOOKUP_FADE)
+        self._accepted = 1.0  # fading sums of outcomes and of static guesses, prior 1:1
+        self._expected = 1.0
+
+    @staticmethod
+    def static_prior(key) -> float:
+        bucket, prob = key
+        return MATCH_PRIOR[bucket] * max(prob, 0.2)
+
+    def _prior(self, key) -> float:
+        return min(self.static_prior(key) * self._accepted / self._expected, MAX_PRIOR)
+
+    @staticmethod
+    def key(match_length: int, prob: float) -> tuple[int, float]:
+        return match_bucket(match_length), count_prob_bucket(prob)
+
+    def alphas(self, match_length: int, probs: Optional[Sequence[float]], n: int) -> list[float]:
+        probs = probs if probs is not None else [1.0] * n
+        return [self.table.estimate(self.key(match_length, p)) for p in probs[:n]]
+
+    def observe(self, match_length: int, prob: float, accepted: bool) -> None:
+        key = self.key(match_length, prob)
+        self._accepted = SCALE_FADE * self._accepted + float(accepted)
+        self._expected = SCALE_FADE * self._expected + self.static_prior(key)
+        self.table.observe(key, accepted)
+
+
+# Edges of the draft model's confidence buckets; the prior of a bucket is its middle.
+CONFIDENCE_BUCKETS = np.array([0.2, 0.4, 0.6, 0.8, 0.9, 0.97])
+CONFIDENCE_PRIOR_WEIGHT = 4.0  # a model's confidence is a fair guess: trust it for a few rounds
+CONFIDENCE_FADE = 0.995
+
+
+def confidence_bucket(confidence: float) -> int:
+    return int(np.searchsorted(CONFIDENCE_BUCKETS, confidence, side="right"))
+
+
+def _confidence_prior(bucket) -> float:
+    edges = np.concatenate([[0.0], CONFIDENCE_BUCKETS, [1.0]])
+    return float(0.5 * (edges[bucket] + edges[bucket + 1]))
+
+
+class ConfidenceAcceptance:
+    """alpha of model drafts by the draft model's probability of the token."""
+
+    def __init__(self):
+        self.table = AcceptanceTable(_confidence_prior, CONFIDENCE_PRIOR_WEIGHT, CONFIDENCE_FADE)
+
+    def alpha(self, confidence: float) -> float:
+        return self.table.estimate(confidence_bucket(confidence))
+
+    def observe(self, confidence: float, accepted: bool) -> None:
+        self.table.observe(confidence_bucket(confidence), accepted)

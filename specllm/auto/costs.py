@@ -1,0 +1,273 @@
+"""What a decode costs on this machine, measured so that it heals.
+
+T_target(n), the time of one target decode of n tokens, is kept as two parts:
+
+- the machine's current speed, T(1): re-measured when the engine loads and by every one-token
+  decode (plain rounds, and a forced plain round now and then when none happened lately);
+- the shape T(n) / T(1) per batch size, learned from this run's decodes against the current
+  T(1), so a busy spell that slows everything does not change it.
+
+A profile saved by an earlier run is only a prior. Sizes this run has measured ("fresh") win
+over it; the sizes it has not measured are the saved shape rescaled by how far the fresh sizes
+were from it (one probe corrects a profile that is 3x off everywhere), and sizes no one has
+measured come from a line fitted through the measured ones. Sizes not verified lately are
+probed now and then (see `stale_size`), and two sizes are timed when the engine loads. A run saves only what it measured itself, so a noisy
+run cannot leave the next one a worse profile than it found.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence
+
+if TYPE_CHECKING:
+    from ..llama import Context
+
+# Profiles of another layout are ignored (an older specllm stored absolute times per size).
+PROFILE_VERSION = 2
+# Weight of a new T(1) measurement: about the last 5-10 plain decodes count.
+SPEED_EMA = 0.2
+# Weight of a new T(n)/T(1) measurement for one size (sizes are seen less often than T(1)).
+SHAPE_EMA = 0.3
+# A T(1) older than this many rounds is refreshed by one forced plain round: long runs of
+# drafted rounds would otherwise compare against a stale plain speed.
+PLAIN_PROBE_INTERVAL = 64
+# Sizes the load-time calibration times when there is no profile: every small size (CPU
+# kernels make T(n) irregular there) and the powers of two, each with its +1 (k drafts verify
+# k + 1 tokens).
+CALIBRATION_SIZES = (1, 2, 3, 4, 5, 6, 8, 9, 12, 16, 17, 24, 32, 33, 48, 64, 65)
+# Each calibration size is timed this many times (the fastest counts: load only slows).
+CALIBRATION_REPEATS = 2
+# Sizes timed when a saved profile is loaded: T(1) twice (the faster counts), and two sizes
+# whose ratio to it says how far the saved shape is off (about 0.7 s on a 2-core CPU).
+LOAD_CHECK_SIZES = (1, 1, 3, 9)
+# Sizes probed during a run when it has not measured them yet. Only small ones: one fresh size
+# is enough to rescale the whole saved shape, and a probe of 64 tokens would cost 14 plain steps.
+PROBE_LADDER = (2, 3, 5)
+# A fresh shape point needs this many measurements before it is saved for the next run.
+MIN_OBSERVATIONS_TO_SAVE = 2
+
+
+@dataclass
+class ShapePoint:
+    ratio: float  # T(n) / T(1)
+    fresh: int = 0  # measurements in this run (0: from the saved profile)
+    saved: Optional[float] = None  # the saved profile's ratio, when there was one
+
+
+@dataclass
+class CostModel:
+    """T_target(n) = T(1) x shape(n), and the draft model's time per token."""
+
+    t1: float = 0.0  # seconds per one-token target decode, now
+    shape: dict[int, ShapePoint] = field(default_factory=dict)
+    draft_t1: float = 0.0  # seconds per one-token draft decode
+    # Tokens/s of model-draft rounds relative to plain decoding, as last measured here.
+    model_rate_ratio: Optional[float] = None
+    t1_fresh: int = 0  # one-token decodes measured in this run
+    rounds: int = 0
+    last_plain_round: int = 0
+
+    # --- what the policy asks -------------------------------------------------------------
+    def target_time(self, n: int) -> float:
+        return self.t1 * self.ratio(n) if n > 1 else self.t1
+
+    def plain_rate(self) -> float:
+        """Tokens per second of plain decoding: 1 / T(1) (0 before anything is measured)."""
+        return 1.0 / self.t1 if self.t1 > 0 else 0.0
+
+    def draft_time(self, n: int = 1) -> float:
+        return self.draft_t1 * n
+
+    @property
+    def calibrated(self) -> bool:
+        return self.t1 > 0 and bool(self.shape)
+
+    def ratio(self, n: int) -> float:
+        """T(n) / T(1): measured in this run, else the saved profile rescaled, else fitted."""
+        if n <= 1:
+            return 1.0
+        point = self.shape.get(n)
+        if point is not None and point.fresh:
+            return point.ratio
+        if point is not None:
+            return point.ratio * self._stale_correction()
+        return self._fitted(n)
+
+    def _stale_correction(self) -> float:
+        """How far this run's measurements are from the saved profile (geometric mean)."""
+        logs = [math.log(p.ratio / p.saved) for p in self.shape.values() if p.fresh and p.saved]
+        return math.exp(sum(logs) / len(logs)) if logs else 1.0
+
+    def _fitted(self, n: int) -> float:
+        """Between measured sizes: linear interpolation; beyond them: a line through the origin
+        point (1, 1) and the measured sizes (least squares on the slope, which is never < 0)."""
+        known = sorted((m, self.ratio(m)) for m in self.shape)
+        if not known:
+            return float(n)  # nothing measured: assume cost grows like the batch (pessimistic)
+        below = [(m, r) for m, r in known if m < n]
+        above = [(m, r) for m, r in known if m > n]
+        if below and above:
+            (m0, r0), (m1, r1) = below[-1], above[0]
+            return r0 + (r1 - r0) * (n - m0) / (m1 - m0)
+        xs = [m - 1 for m, _ in known]
+        ys = [r - 1 for _, r in known]
+        slope = max(sum(x * y for x, y in zip(xs, ys)) / max(sum(x * x for x in xs), 1e-12), 0.0)
+        fitted = 1.0 + slope * (n - 1)
+        if above:  # smaller than every measured size: never above the smallest one
+            return min(fitted, above[0][1])
+        return max(fitted, below[-1][1])  # larger than every measured size: never below the largest
+
+    def stale_size(self, max_n: int) -> Optional[int]:
+        """The smallest ladder size up to max_n that this run has not measured, or None."""
+        for n in PROBE_LADDER:
+            if n > max_n:
+                return None
+            point = self.shape.get(n)
+            if point is None or not point.fresh:
+                return n
+        return None
+
+    def wants_plain_probe(self) -> bool:
+        return self.rounds - self.last_plain_round >= PLAIN_PROBE_INTERVAL
+
+    # --- what decodes tell it -------------------------------------------------------------
+    def observe_target(self, n: int, seconds: float) -> None:
+        self.rounds += 1
+        if seconds <= 0:
+            return
+        if n == 1:
+            self.last_plain_round = self.rounds
+            self.t1 = _ema(self.t1, seconds, SPEED_EMA, replace=not self.t1_fresh)
+            self.t1_fresh += 1
+            return
+        if not self.t1_fresh:
+            return  # a ratio needs this run's T(1)
+        point = self.shape.get(n)
+        ratio = seconds / self.t1
+        if point is None or not point.fresh:
+            self.shape[n] = ShapePoint(ratio, fresh=1, saved=point.ratio if point is not None else None)
+        else:
+            point.ratio = _ema(point.ratio, ratio, SHAPE_EMA)
+            point.fresh += 1
+
+    def observe_draft(self, n_tokens: int, seconds: float) -> None:
+        if n_tokens > 0 and seconds > 0:
+            self.draft_t1 = _ema(self.draft_t1, seconds / n_tokens, SPEED_EMA)
+
+    # --- measuring ------------------------------------------------------------------------
+    def measure_speed(self, target: "Context") -> None:
+        """This machine's speed now, before the first round: T(1) (a saved one may come from a
+        busy spell, or a quieter one) and two more sizes, so that a saved shape that is off is
+        rescaled from the start (see ratio)."""
+        timed = time_batches(target, LOAD_CHECK_SIZES, keep_all=True)
+        plain = [seconds for n, seconds in timed if n == 1]
+        if not plain:
+            return
+        self.t1, self.t1_fresh, self.last_plain_round = min(plain), 1, self.rounds
+        for n, seconds in timed:
+            if n > 1:
+                point = self.shape.get(n)
+                self.shape[n] = ShapePoint(seconds / self.t1, fresh=1, saved=point.saved if point else None)
+
+    def calibrate(self, target: "Context", draft: Optional["Context"], max_batch: int) -> None:
+        """Time the calibration sizes up to max_batch on scratch positions. Each size is timed
+        right after a one-token decode, twice, and kept as a ratio to it: a machine whose load
+        changes during the calibration still gets the right shape."""
+        sizes = sorted({n for n in CALIBRATION_SIZES if 1 < n <= max_batch} | {max_batch} - {1})
+        schedule = [m for n in sizes for m in (1, n)] * CALIBRATION_REPEATS
+        times = time_batches(target, schedule, keep_all=True)
+        plain = [seconds for n, seconds in times if n == 1]
+        if not plain:
+            return
+        self.t1, self.t1_fresh = min(plain), 1
+        for n in sizes:
+            ratios = [b / a for (m0, a), (m1, b) in zip(times, times[1:]) if m0 == 1 and m1 == n and a > 0]
+            if ratios:
+                self.shape[n] = ShapePoint(min(ratios), fresh=MIN_OBSERVATIONS_TO_SAVE)
+        if draft is not None:
+            self.draft_t1 = min(seconds for _, seconds in time_batches(draft, (1, 1), keep_all=True))
+
+    # --- the profile kept between runs ------------------------------------------------------
+    def save(self, path: Path, key: str) -> None:
+        """Keep what this run measured; what it did not measure stays as it was saved."""
+        try:
+            data = json.loads(path.read_text()) if path.exists() else {}
+            if not isinstance(data, dict):
+                data = {}
+        except (OSError, ValueError):
+            data = {}
+        entry = data.get(key) if isinstance(data.get(key), dict) else {}
+        shape = {str(n): r for n, r in (entry.get("shape") or {}).items()} if entry.get("version") == PROFILE_VERSION else {}
+        for n, point in self.shape.items():
+            if point.fresh >= MIN_OBSERVATIONS_TO_SAVE:
+                shape[str(n)] = point.ratio
+        data[key] = {
+            "version": PROFILE_VERSION,
+            "t1_seconds": self.t1 if self.t1_fresh else entry.get("t1_seconds", self.t1),
+            "shape": shape,
+            "draft_t1_seconds": self.draft_t1,
+            "model_rate_ratio": self.model_rate_ratio,
+            "saved": time.time(),
+        }
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=1))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a cache we cannot write only costs a calibration next time
+
+    def load(self, path: Path, key: str) -> bool:
+        try:
+            entry = json.loads(path.read_text())[key]
+            if entry["version"] != PROFILE_VERSION:
+                return False
+            t1 = float(entry["t1_seconds"])
+            shape = {int(n): ShapePoint(float(r), saved=float(r)) for n, r in entry["shape"].items() if float(r) > 0}
+            draft_t1 = float(entry.get("draft_t1_seconds") or 0.0)
+            ratio = entry.get("model_rate_ratio")
+            model_rate_ratio = float(ratio) if ratio is not None else None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False
+        if not (t1 > 0 and math.isfinite(t1)) or not shape:
+            return False
+        self.t1, self.shape, self.draft_t1, self.model_rate_ratio = t1, shape, draft_t1, model_rate_ratio
+        self.t1_fresh = 0
+        return True
+
+
+def _ema(old: float, new: float, weight: float, replace: bool = False) -> float:
+    return new if replace or old <= 0 else (1 - weight) * old + weight * new
+
+
+def time_batches(ctx: "Context", sizes: Sequence[int], keep_all: bool = False):
+    """Decode scratch tokens after the cached ones, time each batch (after a warm-up), then
+    forget them. {size: fastest seconds}, or with keep_all every (size, seconds) in order."""
+    n_keep = ctx.n_past
+    sizes = [n for n in sizes if n_keep + 1 + n <= ctx.n_ctx and n <= ctx.n_batch]
+    if not sizes:
+        return [] if keep_all else {}
+    filler = ctx.model.vocab.tokenize(" the quick brown fox jumps over the lazy dog" * 4, add_special=False)
+    filler = (filler * (1 + max(sizes) // max(len(filler), 1)))[: max(sizes) + 1]
+    timed: list[tuple[int, float]] = []
+    try:
+        ctx.decode(filler[:1])  # warm-up: first decodes allocate buffers
+        for n in sizes:
+            start = time.perf_counter()
+            ctx.decode(filler[1 : 1 + n], all_logits=True)
+            timed.append((n, time.perf_counter() - start))
+            ctx.truncate(n_keep + 1)
+    finally:
+        ctx.truncate(n_keep)
+    if keep_all:
+        return timed
+    fastest: dict[int, float] = {}
+    for n, seconds in timed:
+        fastest[n] = min(fastest.get(n, seconds), seconds)
+    return fastest

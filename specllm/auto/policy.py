@@ -1,0 +1,230 @@
+"""Auto mode: per round, draft what is expected to pay on this machine, or nothing.
+
+A round that verifies k drafts costs C(k) = drafting + T_target(k+1) and emits E(k) tokens in
+expectation (acceptance.py). Plain decoding emits 1 token per T_target(1). Each round:
+
+1. every lookup drafter (the suffix index over the text so far, and over earlier outputs)
+   proposes a continuation; each is cut to the k with the best E(k)/C(k);
+2. the draft model drafts instead if its rounds have been faster than that and than plain
+   decoding (or nothing else is at hand and it is time to look again), stopping when one more
+   token is not worth its cost;
+3. otherwise the best lookup draft, if it beats plain decoding by MARGIN;
+4. otherwise a plain step, or a probe: a short lookup draft verified at a batch size this run
+   has not measured, so that a wrong cost profile cannot keep itself alive.
+
+Exactness: under the rejection sampler, whether a drafted token is verified never depends on
+that token's own value: the stop rule only decides whether to draft the next one. Under
+greedy and Gumbel verification the emitted tokens are the target's own choices whatever the
+draft, so a model draft may also be trimmed to its best prefix afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..drafters import NO_DRAFT, Draft, Drafter
+from ..sampling import DraftChooser
+from .acceptance import ConfidenceAcceptance, LookupAcceptance, best_draft_length, expected_tokens
+from .costs import CostModel
+
+# A draft must promise this much more tokens/s than a plain step: measured rates are noisy,
+# and a draft that only ties with plain decoding adds risk for nothing.
+MARGIN = 1.03
+# Rounds between probes of unmeasured batch sizes (a probe costs at most one short verify).
+SHAPE_PROBE_INTERVAL = 8
+# A draft model this far behind the text is not worth a look just to re-measure it: catching
+# up would cost more than the look can win back.
+MAX_EXPLORE_LAG = 8
+# Rounds between looks at a draft model whose rounds pay, and the most rounds between looks at
+# one that does not (the interval doubles after each look that did not pay).
+EXPLORE_INTERVAL = 16
+MAX_EXPLORE_INTERVAL = 1024
+# A draft model not measured yet is assumed this much faster than plain, so that it gets tried.
+UNTRIED_MODEL_OPTIMISM = 1.5
+# Weight of the latest model round in the model's measured rate.
+MODEL_RATE_EMA = 0.3
+
+
+class Learned:
+    """What auto mode has learned about acceptance; shared by the generations of one engine."""
+
+    def __init__(self):
+        self.lookup: dict[str, LookupAcceptance] = {}
+        self.confidence = ConfidenceAcceptance()
+        self.model_rounds_rate: Optional[float] = None
+        self.rounds = 0
+        self.last_model_round: Optional[int] = None  # None: never looked at
+        self.explore_interval = EXPLORE_INTERVAL
+
+    def lookup_acceptance(self, source: str) -> LookupAcceptance:
+        return self.lookup.setdefault(source, LookupAcceptance())
+
+    def model_rate(self, plain_rate: float) -> float:
+        if self.model_rounds_rate is None:
+            return plain_rate * UNTRIED_MODEL_OPTIMISM
+        return self.model_rounds_rate
+
+    def start_from(self, model_rate_ratio: Optional[float], plain_rate: float) -> None:
+        """Begin with what earlier runs on this machine measured, instead of probing the draft
+        model at the start of every generation (a probe costs more than short outputs win)."""
+        if model_rate_ratio is None or plain_rate <= 0:
+            return
+        self.model_rounds_rate = model_rate_ratio * plain_rate
+        if model_rate_ratio < 1.0:
+            self.last_model_round = 0
+            self.explore_interval = MAX_EXPLORE_INTERVAL // 16
+
+    def model_rate_ratio(self, plain_rate: float) -> Optional[float]:
+        if self.model_rounds_rate is None or plain_rate <= 0:
+            return None
+        return self.model_rounds_rate / plain_rate
+
+    def model_worth_trying(self, plain_rate: float) -> bool:
+        return self.model_rate(plain_rate) > plain_rate
+
+    def should_explore_model(self) -> bool:
+        return self.last_model_round is None or self.rounds - self.last_model_round >= self.explore_interval
+
+    def observe_model_round(self, tokens_per_second: float, plain_rate: float) -> None:
+        old = self.model_rounds_rate
+        self.model_rounds_rate = (
+            tokens_per_second if old is None else (1 - MODEL_RATE_EMA) * old + MODEL_RATE_EMA * tokens_per_second
+        )
+        self.last_model_round = self.rounds
+        # Where model drafts do not pay, look again less and less often.
+        if self.model_rounds_rate < plain_rate:
+            self.explore_interval = min(self.explore_interval * 2, MAX_EXPLORE_INTERVAL)
+        else:
+            self.explore_interval = EXPLORE_INTERVAL
+
+
+class AutoPolicy:
+    mode = "auto"
+
+    def __init__(
+        self,
+        lookups: Sequence[Drafter],
+        model: Optional[Drafter],
+        *,
+        max_k: int,
+        costs: CostModel,
+        learned: Optional[Learned] = None,
+        memory=None,
+    ):
+        self.lookups = list(lookups)
+        self.model = model
+        self.k = max_k
+        self.costs = costs
+        self.learned = learned or Learned()
+        self.memory = memory  # earlier outputs: this generation's output is added at its end
+        self._last_round: tuple[str, float] = ("none", 0.0)
+        self._last_probe = 0
+
+    def begin(self, prompt: Sequence[int]) -> None:
+        for lookup in self.lookups:
+            lookup.begin(prompt)
+        if self.model is not None and self.learned.model_worth_trying(self.costs.plain_rate()):
+            self.model.begin(prompt)
+
+    def end(self, output: Sequence[int]) -> None:
+        if self.memory is not None and output:
+            self.memory.add(list(output))
+
+    def draft(self, history: Sequence[int], max_k: int, choose: DraftChooser) -> Draft:
+        k_max = min(self.k, max_k)
+        plain = self.costs.plain_rate()
+        if k_max <= 0 or plain <= 0 or self.costs.wants_plain_probe():
+            return self._chosen(NO_DRAFT, 0.0)
+
+        start = time.perf_counter()
+        best, best_rate, longest = NO_DRAFT, plain * MARGIN, NO_DRAFT
+        for lookup in self.lookups:
+            candidate = lookup.propose(history, k_max, choose)
+            if not candidate.tokens:
+                continue
+            if len(candidate) > len(longest):
+                longest = candidate
+            alphas = self.learned.lookup_acceptance(candidate.source).alphas(
+                candidate.ngram_size, candidate.confidence, len(candidate)
+            )
+            k, rate = best_draft_length(alphas, lambda k: self.costs.target_time(k + 1))
+            if k > 0 and rate > best_rate:
+                best, best_rate = candidate.prefix(k), rate
+        lookup_seconds = time.perf_counter() - start
+
+        if self.model is not None:
+            # The draft model when its rounds have been faster than the best lookup draft
+            # (or plain), or, with nothing better at hand, when it is time to look again.
+            explore = self.learned.should_explore_model() and self._model_lag(history) <= MAX_EXPLORE_LAG
+            if self.learned.model_rate(plain) > best_rate or (not best.tokens and explore):
+                return self._model_draft(history, k_max, choose)
+        if not best.tokens and longest.tokens:
+            best = self._probe(longest)
+        return self._chosen(best, lookup_seconds)
+
+    def _probe(self, draft: Draft) -> Draft:
+        """A lookup draft cut to a batch size this run has not measured yet, now and then."""
+        if self.learned.rounds - self._last_probe < SHAPE_PROBE_INTERVAL:
+            return NO_DRAFT
+        n = self.costs.stale_size(len(draft) + 1)
+        if n is None:
+            return NO_DRAFT
+        self._last_probe = self.learned.rounds
+        return draft.prefix(n - 1)
+
+    def _model_lag(self, history: Sequence[int]) -> int:
+        """About how many tokens the draft model must decode before it can draft."""
+        context = getattr(self.model, "context", None)
+        return len(history) - context.n_past if context is not None else 0
+
+    def _model_draft(self, history: Sequence[int], k_max: int, choose: DraftChooser) -> Draft:
+        start = time.perf_counter()
+        alphas: list[float] = []
+        per_token = self.costs.draft_time(1)
+
+        def keep_drafting(i: int, confidence: float) -> bool:
+            # Decides only whether to draft token i + 2 (never whether token i + 1 stays).
+            alphas.append(self.learned.confidence.alpha(confidence))
+            rate_now = expected_tokens(alphas)[-1] / ((i + 1) * per_token + self.costs.target_time(i + 2))
+            # One more token is worth drafting if its expected gain (it survives and is accepted,
+            # guessing its confidence like this one's) comes faster than the current rate.
+            gain = float(np.prod(alphas)) * alphas[-1]
+            extra_cost = per_token + max(self.costs.target_time(i + 3) - self.costs.target_time(i + 2), 0.0)
+            return gain > rate_now * extra_cost
+
+        draft = self.model.propose(history, k_max, choose, keep_drafting)
+        seconds = time.perf_counter() - start
+        if draft.tokens:
+            self.costs.observe_draft(len(draft), seconds)
+        if draft.tokens and choose.kind != "rejection":
+            # Drafting time is spent now; verify the prefix with the best expected rate. Only
+            # where verification keeps the target's own choices whatever the draft is.
+            alphas = [self.learned.confidence.alpha(c) for c in draft.confidence]
+            k, _ = best_draft_length(alphas, lambda k: seconds + self.costs.target_time(k + 1))
+            draft = draft.prefix(k)
+        return self._chosen(draft, seconds, tried="model")
+
+    def _chosen(self, draft: Draft, draft_seconds: float, tried: Optional[str] = None) -> Draft:
+        # `tried` differs from draft.source when a model draft was trimmed to nothing.
+        self._last_round = (tried or draft.source, draft_seconds)
+        return draft
+
+    def observe(self, draft: Draft, n_accepted: int, target_seconds: float) -> None:
+        source, draft_seconds = self._last_round
+        self.costs.observe_target(len(draft) + 1, target_seconds)
+        verified = min(len(draft), n_accepted + 1)  # positions after the first rejection are unobserved
+        if source == "model":
+            for i in range(verified):
+                self.learned.confidence.observe(draft.confidence[i], i < n_accepted)
+            self.learned.observe_model_round(
+                (n_accepted + 1) / (draft_seconds + target_seconds), self.costs.plain_rate()
+            )
+        elif source != "none":
+            table = self.learned.lookup_acceptance(source)
+            probs = draft.confidence or [1.0] * len(draft)
+            for i in range(verified):
+                table.observe(draft.ngram_size, probs[i], i < n_accepted)
+        self.learned.rounds += 1
