@@ -46,6 +46,7 @@ def _register_optional_commands() -> None:
         ("check", lambda m: app.command(name="check")(m.check)),
         ("models", lambda m: app.add_typer(m.app, name="models")),
         ("bench", lambda m: app.command(name="bench")(m.bench)),
+        ("serve", lambda m: app.command(name="serve")(m.serve)),
     ):
         try:
             module = importlib.import_module(f"specllm.commands.{module_name}")

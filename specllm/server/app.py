@@ -1,0 +1,388 @@
+"""The HTTP side: OpenAI's routes on Starlette, errors in OpenAI's shape, the API key.
+
+Handlers validate and tokenize (in a thread: a long prompt takes a while), then hand the job
+to the engine's worker and relay its messages: one JSON object, or server-sent events ending
+with `data: [DONE]`. No exception leaves this module as a traceback: a client's mistake is a
+4xx with a message, anything else one log line and a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import AsyncIterator, Optional
+
+from pydantic import BaseModel, ValidationError
+from sse_starlette.sse import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request as HttpRequest
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..engine import Engine, Request
+from ..errors import ModelLoadError, SpecllmError, UsageError
+from . import schemas
+from .metrics import Metrics
+from .schemas import ChatBody, CompletionBody, error_body
+from .worker import EngineWorker, Job, Outcome, QueueFull, ShuttingDown
+
+log = logging.getLogger("specllm.server")
+
+# How often a request waiting for the engine checks that its client is still there.
+DISCONNECT_POLL_SECONDS = 0.1
+# SSE comment lines keep idle proxies from closing a stream while a long prompt is processed.
+SSE_PING_SECONDS = 15
+# Status logged and counted for a request whose client left before the answer (nginx's code).
+CLIENT_CLOSED = 499
+PUBLIC_PATHS = ("/health",)  # answered without the API key: load balancers probe it
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, kind: str = "invalid_request_error",
+                 param: Optional[str] = None, code: Optional[str] = None, headers: Optional[dict] = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        body = error_body(self.message, kind=self.kind, param=self.param, code=self.code)
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+@dataclass
+class ServerState:
+    engine: Engine
+    model_name: str
+    defaults: Request  # the command line's settings; a request's fields override them
+    api_key: Optional[str] = None
+    queue_size: int = 16
+    metrics: Metrics = field(init=False)
+    worker: EngineWorker = field(init=False)
+    started: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(lambda: {"specllm_queue_waiting": self.worker.n_waiting,
+                                        "specllm_generating": int(self.worker.busy)})
+        self.worker = EngineWorker(self.engine, self.metrics, queue_size=self.queue_size).start()
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+def create_app(state: ServerState) -> Starlette:
+    routes = [
+        Route("/v1/chat/completions", partial(chat_completions, state), methods=["POST"]),
+        Route("/v1/completions", partial(completions, state), methods=["POST"]),
+        Route("/v1/models", partial(models, state), methods=["GET"]),
+        Route("/health", partial(health, state), methods=["GET"]),
+        Route("/metrics", partial(metrics, state), methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(Guard, state=state)],
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+    )
+
+
+# -- routes --------------------------------------------------------------------------------------
+
+
+async def chat_completions(state: ServerState, http: HttpRequest) -> Response:
+    body = await parse_body(http, ChatBody)
+    request = checked_request(state, body)
+    tokens = await run_in_threadpool(chat_tokens, state.engine, body.chat_messages(), request)
+    return await answer(state, http, body, request, tokens, chat=True)
+
+
+async def completions(state: ServerState, http: HttpRequest) -> Response:
+    body = await parse_body(http, CompletionBody)
+    request = checked_request(state, body)
+    tokens = await run_in_threadpool(prompt_tokens, state.engine, body.prompt, request)
+    return await answer(state, http, body, request, tokens, chat=False)
+
+
+async def models(state: ServerState, http: HttpRequest) -> Response:
+    engine = state.engine
+    return JSONResponse({"object": "list", "data": [{
+        "id": state.model_name, "object": "model", "created": state.started, "owned_by": "specllm",
+        "specllm": {"mode": engine.mode, "k": engine.config.k, "ctx_size": engine.target.n_ctx,
+                    "draft": engine.draft_model.name if engine.draft_model else None},
+    }]})
+
+
+async def health(state: ServerState, http: HttpRequest) -> Response:
+    return JSONResponse({"status": "ok", "generating": state.worker.busy, "waiting": state.worker.n_waiting})
+
+
+async def metrics(state: ServerState, http: HttpRequest) -> Response:
+    return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+# -- requests ------------------------------------------------------------------------------------
+
+
+async def parse_body(http: HttpRequest, schema: type[BaseModel]):
+    raw = await http.body()
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, [[[[... too deep
+        detail = f": {e.msg} at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise ApiError(400, f"the request body is not valid JSON{detail}", code="invalid_json") from None
+    if not isinstance(obj, dict):
+        raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+    try:
+        return schema.model_validate(obj)
+    except ValidationError as e:
+        message, param = schemas.validation_message(e)
+        raise ApiError(400, message, param=param, code="invalid_value") from None
+
+
+def checked_request(state: ServerState, body: schemas.Body) -> Request:
+    if body.n != 1:
+        raise ApiError(400, f"n={body.n} is not supported: specllm returns one choice per request (n=1)",
+                       param="n", code="unsupported_value")
+    request = body.to_request(state.defaults)
+    if request.mode == "draft" and state.engine.draft is None:
+        raise ApiError(400, "mode 'draft' needs a draft model: start the server with -md", param="mode")
+    return request
+
+
+def chat_tokens(engine: Engine, messages: list[tuple[str, str]], request: Request) -> list[int]:
+    try:
+        text = engine.target_model.render_chat(messages)
+    except ModelLoadError:
+        raise ApiError(400, "the model has no chat template llama.cpp can apply: use /v1/completions",
+                       param="messages") from None
+    return fitted(engine, _tokenize(engine, text, request), "messages")
+
+
+def prompt_tokens(engine: Engine, prompt: str | list, request: Request) -> list[int]:
+    if isinstance(prompt, list) and isinstance(prompt[0], int):  # token ids
+        n_vocab = engine.target_model.vocab.n_tokens
+        if any(not 0 <= t < n_vocab for t in prompt):
+            raise ApiError(400, f"prompt: token ids must be in [0, {n_vocab})", param="prompt")
+        return fitted(engine, list(prompt), "prompt")
+    text = prompt if isinstance(prompt, str) else prompt[0]
+    return fitted(engine, _tokenize(engine, text, request), "prompt")
+
+
+def _tokenize(engine: Engine, text: str, request: Request) -> list[int]:
+    try:
+        return engine.tokenize_prompt(text, request)
+    except UsageError as e:
+        raise ApiError(400, e.message, param="prompt") from None
+
+
+def fitted(engine: Engine, tokens: list[int], param: str) -> list[int]:
+    n_ctx = engine.target.n_ctx
+    if len(tokens) >= n_ctx:
+        raise ApiError(400, f"the prompt has {len(tokens)} tokens but the context holds {n_ctx}, "
+                            "and at least one generated token must fit (the server's --ctx-size)",
+                       param=param, code="context_length_exceeded")
+    return tokens
+
+
+# -- answers -------------------------------------------------------------------------------------
+
+
+async def answer(state: ServerState, http: HttpRequest, body: schemas.Body, request: Request, tokens: list[int],
+                 *, chat: bool) -> Response:
+    job = Job(tokens, request)
+    try:
+        state.worker.submit(job)
+    except QueueFull:
+        raise ApiError(503, f"the server is busy ({state.worker.n_waiting} requests waiting): retry later",
+                       kind="server_error", code="queue_full",
+                       headers={"Retry-After": str(state.worker.retry_after())}) from None
+    except ShuttingDown:
+        raise ApiError(503, "the server is shutting down", kind="server_error") from None
+    reply = Reply(state, body, chat=chat)
+    handed_over = False
+    watcher = asyncio.create_task(_watch_client(state, http, job))
+    try:
+        kind, value = await job.messages.get()
+        if kind == "gone":
+            return Response(status_code=CLIENT_CLOSED)
+        if kind == "error":
+            raise _engine_error(value)
+        reply.cached_tokens = value
+        if body.stream:
+            watcher.cancel()  # from here on sse-starlette watches the connection
+            handed_over = True
+            return EventSourceResponse(reply.events(job), ping=SSE_PING_SECONDS, sep="\n")
+        parts = []
+        while True:
+            kind, value = await job.messages.get()
+            if kind == "text":
+                parts.append(value)
+            elif kind == "done":
+                return JSONResponse(reply.whole("".join(parts), value))
+            elif kind == "gone":
+                return Response(status_code=CLIENT_CLOSED)
+            else:
+                raise _engine_error(value)
+    finally:
+        watcher.cancel()
+        if not handed_over:
+            state.worker.withdraw(job)  # a no-op once the job is done
+
+
+async def _watch_client(state: ServerState, http: HttpRequest, job: Job) -> None:
+    """Withdraw the job as soon as its client disconnects, queued or generating."""
+    while not await http.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_SECONDS)
+    state.worker.withdraw(job)
+    job.messages.put_nowait(("gone", None))
+
+
+def _engine_error(value: object) -> ApiError:
+    if isinstance(value, ShuttingDown):
+        return ApiError(503, "the server is shutting down", kind="server_error")
+    if isinstance(value, UsageError):
+        return ApiError(400, value.message)
+    if isinstance(value, SpecllmError):
+        return ApiError(500, value.message, kind="server_error")
+    return ApiError(500, f"internal error: {type(value).__name__}", kind="server_error")
+
+
+class Reply:
+    """The response objects of one request, whole or as stream chunks."""
+
+    def __init__(self, state: ServerState, body: schemas.Body, *, chat: bool):
+        self.chat = chat
+        self.body = body
+        self.metrics = state.metrics
+        self.id = schemas.new_id("chatcmpl" if chat else "cmpl")
+        self.created = schemas.now()
+        self.model = state.model_name
+        self.cached_tokens = 0
+
+    def _object(self, kind: str, choice: dict, **extra: object) -> dict:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+                "system_fingerprint": None, "choices": [choice] if choice else [], **extra}
+
+    def _usage(self, outcome: Outcome) -> dict:
+        return schemas.usage(outcome.prompt_tokens, outcome.completion_tokens, self.cached_tokens)
+
+    def whole(self, text: str, outcome: Outcome) -> dict:
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                      "finish_reason": outcome.finish_reason}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": outcome.finish_reason}
+        return self._object("chat.completion" if self.chat else "text_completion", choice,
+                            usage=self._usage(outcome), speculative=schemas.speculative(outcome.stats))
+
+    def chunk(self, text: Optional[str], finish_reason: Optional[str] = None, **extra: object) -> dict:
+        if self.chat:
+            delta = {} if text is None else {"content": text}
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        else:
+            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        return self._object("chat.completion.chunk" if self.chat else "text_completion", choice, **extra)
+
+    async def events(self, job: Job) -> AsyncIterator[dict]:
+        """Server-sent events: the text as it is released, a last chunk with the finish reason
+        and specllm's statistics, usage when stream_options asks for it, then [DONE]."""
+        try:
+            if self.chat:
+                first = self.chunk("")
+                first["choices"][0]["delta"]["role"] = "assistant"
+                yield _sse(first)
+            while True:
+                kind, value = await job.messages.get()
+                if kind == "text":
+                    yield _sse(self.chunk(value))
+                    continue
+                if kind == "done":
+                    yield _sse(self.chunk(None, value.finish_reason, speculative=schemas.speculative(value.stats)))
+                    if self.body.include_usage():
+                        usage_chunk = self._object(self.chunk(None)["object"], {}, usage=self._usage(value))
+                        yield _sse(usage_chunk)
+                else:
+                    error = _engine_error(value)
+                    log.error("error: stream %s ended early: %s", self.id, error.message)
+                    yield _sse(error_body(error.message, kind=error.kind))
+                break
+            yield {"data": "[DONE]"}
+        finally:
+            job.cancelled.set()  # the client left, or the stream is over: the generation ends
+
+
+def _sse(obj: dict) -> dict:
+    return {"data": json.dumps(obj, ensure_ascii=False)}
+
+
+# -- errors and the API key ----------------------------------------------------------------------
+
+
+async def _api_error(http: HttpRequest, error: ApiError) -> Response:
+    if error.status >= 500:
+        log.error("error: %s %s -> %d: %s", http.method, http.url.path, error.status, error.message)
+    else:
+        log.warning("%s %s -> %d: %s", http.method, http.url.path, error.status, error.message)
+    return error.response()
+
+
+async def _http_error(http: HttpRequest, error: HTTPException) -> Response:
+    message = {404: f"no route {http.url.path}", 405: f"{http.method} is not allowed on {http.url.path}"}
+    kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+    return JSONResponse(error_body(message.get(error.status_code, str(error.detail)), kind=kind),
+                        status_code=error.status_code, headers=getattr(error, "headers", None))
+
+
+class Guard:
+    """Outermost layer: the API key, the request counters, and the last line of defence: an
+    exception escaping a route becomes one log line and a 500, never a traceback."""
+
+    def __init__(self, app: ASGIApp, state: ServerState):
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status: Optional[int] = None
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if self._authorized(scope):
+                await self.app(scope, receive, send_noting_status)
+            else:
+                error = ApiError(401, "a valid API key is required: Authorization: Bearer <key>",
+                                 code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+                await error.response()(scope, receive, send_noting_status)
+        except Exception as e:
+            log.error("error: internal error on %s %s: %s: %s", scope.get("method"), scope.get("path"),
+                      type(e).__name__, e)
+            if status is None:
+                try:
+                    response = ApiError(500, f"internal error: {type(e).__name__}", kind="server_error").response()
+                    await response(scope, receive, send_noting_status)
+                except Exception:  # the client is gone too
+                    pass
+        finally:
+            self.state.metrics.count_request(scope.get("path", ""), status or CLIENT_CLOSED)
+
+    def _authorized(self, scope: Scope) -> bool:
+        key = self.state.api_key
+        if not key or scope.get("path") in PUBLIC_PATHS:
+            return True
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, token = header.decode("latin-1").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
