@@ -27,7 +27,7 @@ from typer.testing import CliRunner  # noqa: E402
 from specllm.cli import app  # noqa: E402
 from specllm.commands.serve import bind_socket  # noqa: E402
 from specllm.engine import Engine, EngineConfig, Request  # noqa: E402
-from specllm.server.app import ServerState, create_app  # noqa: E402
+from specllm.server.app import Server, ServerState, create_app  # noqa: E402
 from specllm.server.text import ResponseText  # noqa: E402
 
 PROMPT = "the cat said that it was for you and the"
@@ -81,7 +81,7 @@ def live(tiny, tmp_path_factory):
         engine = Engine(config)
         state = ServerState(engine, model_name="tiny", defaults=Request(max_tokens=None), queue_size=QUEUE_SIZE)
         sock = bind_socket("127.0.0.1", 0)
-        server = uvicorn.Server(uvicorn.Config(create_app(state), log_config=None, log_level="warning"))
+        server = Server(state, uvicorn.Config(create_app(state), log_config=None, log_level="warning"))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         while not server.started:
@@ -122,6 +122,12 @@ def chat(live: Live, content: str = PROMPT, **kwargs):
     kwargs.setdefault("temperature", 0)
     return live.client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": content}],
                                                **kwargs)
+
+
+def complete(live: Live, prompt: str, **kwargs):
+    kwargs.setdefault("max_tokens", N)
+    kwargs.setdefault("temperature", 0)
+    return live.client.completions.create(model="tiny", prompt=prompt, **kwargs)
 
 
 def streamed_text(chunks) -> tuple[str, list]:
@@ -195,16 +201,19 @@ def test_requests_choose_mode_and_k(live):
     assert chat(live, extra_body={"mode": "none"}).speculative["drafted"] == 0
 
 
+def test_a_seed_repeats_a_sampled_answer(live):
+    # A fixed mode: with the rejection sampler, auto mode's changing drafts draw other numbers.
+    answers = {complete(live, PROMPT, temperature=1.0, seed=7, extra_body={"mode": "draft"}).choices[0].text
+               for _ in range(2)}
+    assert len(answers) == 1
+
+
 def test_models_and_health(live):
     assert [m.id for m in live.client.models.list().data] == ["tiny"]
     assert live.http.get("/health").json()["status"] == "ok"
 
 
 # -- one engine, many clients ----------------------------------------------------------------------
-
-
-def complete(live: Live, prompt: str, **kwargs):
-    return live.client.completions.create(model="tiny", prompt=prompt, max_tokens=N, temperature=0, **kwargs)
 
 
 def test_eight_clients_at_once_get_their_own_answers(live):

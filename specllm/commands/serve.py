@@ -78,7 +78,7 @@ def serve(
     """
     with reported_errors(verbose):
         llama.set_verbose(verbose)
-        uvicorn, create_app, ServerState = _import_server()
+        uvicorn, create_app, ServerState, Server = _import_server()
         defaults = build_request(max_tokens=max_tokens, temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
                                  chat=False, ignore_eos=False, truncate=False)
         check_positive("--queue-size", queue_size, allow_zero=True)
@@ -106,7 +106,7 @@ def serve(
                     stderr.print(f"serving {state.model_name} (mode {config.mode}"
                                  f"{', draft ' + Path(config.draft).stem if engine.draft_model else ''}) on "
                                  f"http://{_url_host(address[0])}:{address[1]}/v1", markup=False, highlight=False)
-                    server = uvicorn.Server(uvicorn.Config(
+                    server = Server(state, uvicorn.Config(
                         create_app(state), log_config=log_config(verbose), timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
                     ))
                     server.run(sockets=[sock])
@@ -120,11 +120,11 @@ def _import_server():
     try:
         import uvicorn
 
-        from ..server.app import ServerState, create_app
+        from ..server.app import Server, ServerState, create_app
     except ModuleNotFoundError as e:
         raise UsageError(f"specllm serve needs the server extra ({e.name} is not installed)",
                          hint="pip install 'specllm[server]'") from None
-    return uvicorn, create_app, ServerState
+    return uvicorn, create_app, ServerState, Server
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import AsyncIterator, Optional
 
+import anyio
+import uvicorn
 from pydantic import BaseModel, ValidationError
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
@@ -41,6 +43,9 @@ log = logging.getLogger("specllm.server")
 DISCONNECT_POLL_SECONDS = 0.1
 # SSE comment lines keep idle proxies from closing a stream while a long prompt is processed.
 SSE_PING_SECONDS = 15
+# On shutdown, a stream gets this long to send its error event and [DONE] (Server.shutdown
+# stops its generation at once; this is only the time to say so).
+SSE_SHUTDOWN_GRACE_SECONDS = 2
 # Status logged and counted for a request whose client left before the answer (nginx's code).
 CLIENT_CLOSED = 499
 PUBLIC_PATHS = ("/health",)  # answered without the API key: load balancers probe it
@@ -76,6 +81,20 @@ class ServerState:
 
     def close(self) -> None:
         self.worker.close()
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, which stops the generations first when it shuts down (Ctrl-C): a long
+    answer must not hold the exit for the graceful timeout, and its client gets a clean end
+    (a 503, or an error event and [DONE]) rather than a cut connection."""
+
+    def __init__(self, state: ServerState, config: uvicorn.Config):
+        super().__init__(config)
+        self.state = state
+
+    async def shutdown(self, sockets=None) -> None:
+        self.state.worker.stop()
+        await super().shutdown(sockets)
 
 
 def create_app(state: ServerState) -> Starlette:
@@ -147,7 +166,7 @@ async def parse_body(http: HttpRequest, schema: type[BaseModel]):
 
 
 def checked_request(state: ServerState, body: schemas.Body) -> Request:
-    if body.n != 1:
+    if body.n not in (None, 1):
         raise ApiError(400, f"n={body.n} is not supported: specllm returns one choice per request (n=1)",
                        param="n", code="unsupported_value")
     request = body.to_request(state.defaults)
@@ -218,7 +237,8 @@ async def answer(state: ServerState, http: HttpRequest, body: schemas.Body, requ
         if body.stream:
             watcher.cancel()  # from here on sse-starlette watches the connection
             handed_over = True
-            return EventSourceResponse(reply.events(job), ping=SSE_PING_SECONDS, sep="\n")
+            return EventSourceResponse(reply.events(job), ping=SSE_PING_SECONDS, sep="\n",
+                                       shutdown_event=anyio.Event(), shutdown_grace_period=SSE_SHUTDOWN_GRACE_SECONDS)
         parts = []
         while True:
             kind, value = await job.messages.get()
@@ -310,7 +330,8 @@ class Reply:
                         yield _sse(usage_chunk)
                 else:
                     error = _engine_error(value)
-                    log.error("error: stream %s ended early: %s", self.id, error.message)
+                    (log.warning if error.status == 503 else log.error)(
+                        "stream %s ended early: %s", self.id, error.message)
                     yield _sse(error_body(error.message, kind=error.kind))
                 break
             yield {"data": "[DONE]"}
@@ -326,8 +347,8 @@ def _sse(obj: dict) -> dict:
 
 
 async def _api_error(http: HttpRequest, error: ApiError) -> Response:
-    if error.status >= 500:
-        log.error("error: %s %s -> %d: %s", http.method, http.url.path, error.status, error.message)
+    if error.status >= 500 and error.status != 503:  # 503: busy or stopping, not a failure
+        log.error("%s %s -> %d: %s", http.method, http.url.path, error.status, error.message)
     else:
         log.warning("%s %s -> %d: %s", http.method, http.url.path, error.status, error.message)
     return error.response()
@@ -368,7 +389,7 @@ class Guard:
                                  code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
                 await error.response()(scope, receive, send_noting_status)
         except Exception as e:
-            log.error("error: internal error on %s %s: %s: %s", scope.get("method"), scope.get("path"),
+            log.error("internal error on %s %s: %s: %s", scope.get("method"), scope.get("path"),
                       type(e).__name__, e)
             if status is None:
                 try:

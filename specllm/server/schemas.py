@@ -34,9 +34,10 @@ class Body(BaseModel):
     min_p: Optional[float] = Field(None, ge=0.0, le=1.0)
     seed: Optional[int] = Field(None, ge=0, lt=1 << 63)
     stop: Union[str, list[str], None] = None
-    stream: bool = False
+    # Some clients send null for what they leave unset: null means the default here too.
+    stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
-    n: int = 1
+    n: Optional[int] = 1
     # specllm's own: the speculation mode and draft length of this request.
     mode: Optional[Mode] = None
     k: Optional[int] = Field(None, ge=1, le=MAX_DRAFT)
@@ -139,7 +140,7 @@ def validation_message(error: ValidationError) -> tuple[str, Optional[str]]:
     first = error.errors(include_url=False)[0]
     loc = [str(part) for part in first.get("loc", ()) if not _is_union_branch(part)]
     param = ".".join(loc) or None
-    message = first.get("msg", "invalid request")
+    message = first.get("msg", "invalid request").removeprefix("Value error, ")
     if first.get("type") == "missing":
         message = "is required"
     return (f"{param}: {message}" if param else message), param

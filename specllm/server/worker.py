@@ -113,8 +113,9 @@ class EngineWorker:
         expected = self._mean_seconds * (len(self._waiting) + 1)
         return int(min(RETRY_AFTER_MAX_SECONDS, max(RETRY_AFTER_MIN_SECONDS, expected + 0.999)))
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop taking jobs, stop the running generation, tell the waiting clients."""
+    def stop(self) -> None:
+        """Stop taking jobs, stop the running generation, tell every client the server is
+        going away. Does not wait for the thread (the event loop calls it)."""
         with self._cond:
             self._closing = True
             waiting, self._waiting = list(self._waiting), deque()
@@ -123,6 +124,10 @@ class EngineWorker:
             self._cond.notify_all()
         for job in waiting:
             job.send("error", ShuttingDown())
+
+    def close(self, timeout: float = 30.0) -> None:
+        """stop(), then wait for the thread: after this the engine may be closed."""
+        self.stop()
         self._thread.join(timeout)
 
     # -- the worker thread ----------------------------------------------------------------------
@@ -139,7 +144,7 @@ class EngineWorker:
             try:
                 self._run_job(job)
             except Exception as e:  # a bug: one line for the log, an error for the client, go on
-                log.error("error: internal error in a generation: %s: %s", type(e).__name__, e)
+                log.error("internal error in a generation: %s: %s", type(e).__name__, e)
                 job.send("error", e)
             finally:
                 with self._cond:
@@ -187,8 +192,13 @@ class EngineWorker:
             finish = "stop" if text.stopped else (generation.finish_reason or "stop")
         self.metrics.count_generation("error" if failure else finish, prompt_tokens=len(job.tokens),
                                       completion_tokens=n_tokens, tally=tally)
-        if failure is not None:
-            log.error("error: generation failed: %s", failure.message)
+        if finish == "cancelled":
+            why = "the server is stopping" if self._closing else "its client went away"
+            log.info("generation stopped after %d tokens: %s", n_tokens, why)
+        if failure is not None:  # the client's side logs it, with the request
             job.send("error", failure)
+            return
+        if finish == "cancelled" and self._closing:
+            job.send("error", ShuttingDown())
             return
         job.send("done", Outcome(finish, len(job.tokens), n_tokens, cached, generation.stats))
