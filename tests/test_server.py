@@ -81,7 +81,7 @@ def live(tiny, tmp_path_factory):
         engine = Engine(config)
         state = ServerState(engine, model_name="tiny", defaults=Request(max_tokens=None), queue_size=QUEUE_SIZE)
         sock = bind_socket("127.0.0.1", 0)
-        server = Server(state, uvicorn.Config(create_app(state), log_config=None, log_level="warning"))
+        server = Server(state, uvicorn.Config(create_app(state), lifespan="off", log_config=None, log_level="warning"))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         while not server.started:
@@ -351,6 +351,16 @@ def test_a_repeated_chat_prefix_comes_from_the_kv_cache(live):
     assert second.usage.prompt_tokens_details.cached_tokens == first.usage.prompt_tokens - 1
 
 
+def test_a_chat_turn_reuses_the_previous_turn_from_the_kv_cache(live):
+    history = [{"role": "system", "content": "you are a cat"}, {"role": "user", "content": PROMPT}]
+    first = live.client.chat.completions.create(model="tiny", messages=history, max_tokens=8)
+    history += [{"role": "assistant", "content": first.choices[0].message.content},
+                {"role": "user", "content": "and then"}]
+    second = live.client.chat.completions.create(model="tiny", messages=history, max_tokens=8)
+    assert second.usage.prompt_tokens > first.usage.prompt_tokens + 8
+    assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens
+
+
 def test_no_traceback_in_the_server_log(live):
     assert not [r for r in live.logs.records if r.exc_info], [r.getMessage() for r in live.logs.records]
 
@@ -382,16 +392,30 @@ def test_text_releases_the_held_start_at_the_end_and_finds_the_earliest_stop():
 # -- the command -------------------------------------------------------------------------------------
 
 
+def test_a_taken_port_is_one_error_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECLLM_CACHE", str(tmp_path))
+    taken = bind_socket("127.0.0.1", 0)
+    taken.listen()
+    try:
+        result = CliRunner().invoke(app, ["serve", "--port", str(taken.getsockname()[1])])
+    finally:
+        taken.close()
+    assert result.exit_code == 2, result.output
+    assert "cannot listen on 127.0.0.1:" in result.stderr and "Traceback" not in result.output
+
+
 def test_the_serve_command_serves_and_stops_cleanly(tiny, tmp_path):
+    """The real command: a warning for a public address without a key, answers, and on Ctrl-C
+    an open stream ends with an error event and [DONE]; never a traceback."""
     env = {**os.environ, "SPECLLM_CACHE": str(tmp_path / "cache"), "XDG_CONFIG_HOME": str(tmp_path / "config")}
     env.pop("SPECLLM_API_KEY", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "specllm", "serve", "-m", str(tiny.target), "-md", str(tiny.draft_copy),
-         "--mode", "draft", "-t", "1", "-c", "256", "--host", "0.0.0.0", "--port", "0"],
+         "--mode", "draft", "-t", "1", "-c", "8192", "--host", "0.0.0.0", "--port", "0"],
         stderr=subprocess.PIPE, text=True, env=env,
     )
+    lines, stream_tail = [], []
     try:
-        lines = []
         for line in proc.stderr:
             lines.append(line)
             if "serving" in line:
@@ -402,10 +426,17 @@ def test_the_serve_command_serves_and_stops_cleanly(tiny, tmp_path):
         assert httpx.post(f"{url}/v1/completions", content=b"{bad").status_code == 400
         ok = httpx.post(f"{url}/v1/completions", json={"prompt": PROMPT, "max_tokens": 4}, timeout=30)
         assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 4
+        body = {"prompt": PROMPT, "max_tokens": 8000, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as stream:
+            lines_in = stream.iter_lines()
+            next(line for line in lines_in if '"text"' in line)
+            proc.send_signal(signal.SIGINT)
+            stream_tail = [line for line in lines_in if line.strip()]
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)  # a second Ctrl-C, as an impatient user would
         rest = proc.stderr.read()
         proc.wait(30)
+    assert stream_tail[-1] == "data: [DONE]" and "shutting down" in stream_tail[-2]
     output = "".join(lines) + rest
     assert "Traceback" not in output, output
     assert proc.returncode in (0, 130), output

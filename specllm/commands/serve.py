@@ -67,12 +67,13 @@ def serve(
 ) -> None:
     """Serve the models through an OpenAI-compatible API, with speculative decoding.
 
-    POST /v1/chat/completions and /v1/completions (streaming or not), GET /v1/models, /health
-    and /metrics (Prometheus). One generation runs at a time; the others wait in a queue.
-    Sampling options are the defaults of requests that do not set their own; a request may
-    also set "mode" and "k". Every response has a "speculative" field with its statistics.
+    POST /v1/chat/completions, /v1/completions; GET /v1/models, /health, /metrics (Prometheus).
+    One generation runs at a time; the other requests wait in a queue.
+    The sampling options are the defaults of requests that do not set their own.
+    A request may also set "mode" and "k"; every response has a "speculative" field.
 
     [b]Examples[/b]
+
       specllm serve --port 8080
       specllm serve -m target.gguf -md draft.gguf --host 0.0.0.0 --api-key "$KEY"
     """
@@ -106,8 +107,10 @@ def serve(
                     stderr.print(f"serving {state.model_name} (mode {config.mode}"
                                  f"{', draft ' + Path(config.draft).stem if engine.draft_model else ''}) on "
                                  f"http://{_url_host(address[0])}:{address[1]}/v1", markup=False, highlight=False)
+                    # No lifespan: the engine and its worker live here, outside the app.
                     server = Server(state, uvicorn.Config(
-                        create_app(state), log_config=log_config(verbose), timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+                        create_app(state), lifespan="off", log_config=log_config(verbose),
+                        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
                     ))
                     server.run(sockets=[sock])
                 finally:

@@ -48,6 +48,9 @@ SSE_PING_SECONDS = 15
 SSE_SHUTDOWN_GRACE_SECONDS = 2
 # Status logged and counted for a request whose client left before the answer (nginx's code).
 CLIENT_CLOSED = 499
+# A request body larger than this is refused (413) before it is read whole: even a
+# million-token context holds only a few MB of text.
+MAX_BODY_BYTES = 32 << 20
 PUBLIC_PATHS = ("/health",)  # answered without the API key: load balancers probe it
 
 
@@ -150,7 +153,7 @@ async def metrics(state: ServerState, http: HttpRequest) -> Response:
 
 
 async def parse_body(http: HttpRequest, schema: type[BaseModel]):
-    raw = await http.body()
+    raw = await _read_body(http)
     try:
         obj = json.loads(raw)
     except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, [[[[... too deep
@@ -163,6 +166,20 @@ async def parse_body(http: HttpRequest, schema: type[BaseModel]):
     except ValidationError as e:
         message, param = schemas.validation_message(e)
         raise ApiError(400, message, param=param, code="invalid_value") from None
+
+
+async def _read_body(http: HttpRequest) -> bytes:
+    too_large = ApiError(413, f"the request body is larger than {MAX_BODY_BYTES >> 20} MiB", code="body_too_large")
+    declared = http.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in http.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def checked_request(state: ServerState, body: schemas.Body) -> Request:
