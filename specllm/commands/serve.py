@@ -22,11 +22,11 @@ from ..options import (
 )
 from .common import engine_config
 from .generate import build_request
+from ..server.worker import DEFAULT_QUEUE_SIZE
 
 SERVER = "Server"
 DEFAULT_HOST = "127.0.0.1"  # loopback: other machines cannot reach the models unless asked
 DEFAULT_PORT = 8080  # llama-server's and llama-cpp-python's default
-DEFAULT_QUEUE_SIZE = 16  # requests waiting while one generates; more get 503 + Retry-After
 # On Ctrl-C, open streams get this long to end before the server stops.
 SHUTDOWN_GRACE_SECONDS = 5
 LOG_FORMAT = "%(levelname)s: %(message)s"

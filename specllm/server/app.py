@@ -1,15 +1,14 @@
-"""The HTTP side: OpenAI's routes on Starlette, errors in OpenAI's shape, the API key.
+"""The HTTP side: OpenAI's routes on Starlette.
 
 Handlers validate and tokenize (in a thread: a long prompt takes a while), then hand the job
 to the engine's worker and relay its messages: one JSON object, or server-sent events ending
-with `data: [DONE]`. No exception leaves this module as a traceback: a client's mistake is a
-4xx with a message, anything else one log line and a 500.
+with `data: [DONE]`. A client's mistake is an ApiError (a 4xx with a message); guard.py
+keeps anything else from reaching the log as a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -28,14 +27,14 @@ from starlette.middleware import Middleware
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..engine import Engine, Request
 from ..errors import ModelLoadError, SpecllmError, UsageError
 from . import schemas
+from .guard import CLIENT_CLOSED, ApiError, Guard, api_error_response, http_error_response
 from .metrics import Metrics
 from .schemas import ChatBody, CompletionBody, error_body
-from .worker import EngineWorker, Job, Outcome, QueueFull, ShuttingDown
+from .worker import DEFAULT_QUEUE_SIZE, EngineWorker, Job, Outcome, QueueFull, ShuttingDown
 
 log = logging.getLogger("specllm.server")
 
@@ -46,24 +45,9 @@ SSE_PING_SECONDS = 15
 # On shutdown, a stream gets this long to send its error event and [DONE] (Server.shutdown
 # stops its generation at once; this is only the time to say so).
 SSE_SHUTDOWN_GRACE_SECONDS = 2
-# Status logged and counted for a request whose client left before the answer (nginx's code).
-CLIENT_CLOSED = 499
 # A request body larger than this is refused (413) before it is read whole: even a
 # million-token context holds only a few MB of text.
 MAX_BODY_BYTES = 32 << 20
-PUBLIC_PATHS = ("/health",)  # answered without the API key: load balancers probe it
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, kind: str = "invalid_request_error",
-                 param: Optional[str] = None, code: Optional[str] = None, headers: Optional[dict] = None):
-        super().__init__(message)
-        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
-        self.headers = headers or {}
-
-    def response(self) -> JSONResponse:
-        body = error_body(self.message, kind=self.kind, param=self.param, code=self.code)
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 @dataclass
@@ -72,7 +56,7 @@ class ServerState:
     model_name: str
     defaults: Request  # the command line's settings; a request's fields override them
     api_key: Optional[str] = None
-    queue_size: int = 16
+    queue_size: int = DEFAULT_QUEUE_SIZE
     metrics: Metrics = field(init=False)
     worker: EngineWorker = field(init=False)
     started: int = field(default_factory=lambda: int(time.time()))
@@ -111,7 +95,7 @@ def create_app(state: ServerState) -> Starlette:
     return Starlette(
         routes=routes,
         middleware=[Middleware(Guard, state=state)],
-        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+        exception_handlers={ApiError: api_error_response, HTTPException: http_error_response},
     )
 
 
@@ -358,69 +342,3 @@ class Reply:
 
 def _sse(obj: dict) -> dict:
     return {"data": json.dumps(obj, ensure_ascii=False)}
-
-
-# -- errors and the API key ----------------------------------------------------------------------
-
-
-async def _api_error(http: HttpRequest, error: ApiError) -> Response:
-    if error.status >= 500 and error.status != 503:  # 503: busy or stopping, not a failure
-        log.error("%s %s -> %d: %s", http.method, http.url.path, error.status, error.message)
-    else:
-        log.warning("%s %s -> %d: %s", http.method, http.url.path, error.status, error.message)
-    return error.response()
-
-
-async def _http_error(http: HttpRequest, error: HTTPException) -> Response:
-    message = {404: f"no route {http.url.path}", 405: f"{http.method} is not allowed on {http.url.path}"}
-    kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
-    return JSONResponse(error_body(message.get(error.status_code, str(error.detail)), kind=kind),
-                        status_code=error.status_code, headers=getattr(error, "headers", None))
-
-
-class Guard:
-    """Outermost layer: the API key, the request counters, and the last line of defence: an
-    exception escaping a route becomes one log line and a 500, never a traceback."""
-
-    def __init__(self, app: ASGIApp, state: ServerState):
-        self.app = app
-        self.state = state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status: Optional[int] = None
-
-        async def send_noting_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            if self._authorized(scope):
-                await self.app(scope, receive, send_noting_status)
-            else:
-                error = ApiError(401, "a valid API key is required: Authorization: Bearer <key>",
-                                 code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-                await error.response()(scope, receive, send_noting_status)
-        except Exception as e:
-            log.error("internal error on %s %s: %s: %s", scope.get("method"), scope.get("path"),
-                      type(e).__name__, e)
-            if status is None:
-                try:
-                    response = ApiError(500, f"internal error: {type(e).__name__}", kind="server_error").response()
-                    await response(scope, receive, send_noting_status)
-                except Exception:  # the client is gone too
-                    pass
-        finally:
-            self.state.metrics.count_request(scope.get("path", ""), status or CLIENT_CLOSED)
-
-    def _authorized(self, scope: Scope) -> bool:
-        key = self.state.api_key
-        if not key or scope.get("path") in PUBLIC_PATHS:
-            return True
-        header = dict(scope.get("headers") or []).get(b"authorization", b"")
-        scheme, _, token = header.decode("latin-1").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())

@@ -26,6 +26,9 @@ from .text import ResponseText
 
 log = logging.getLogger("specllm.server")
 
+# Requests that may wait while one generates; more get 503 + Retry-After (a client is better
+# told to come back than left waiting minutes).
+DEFAULT_QUEUE_SIZE = 16
 # Retry-After for a full queue: the expected wait, from recent requests' durations, in bounds a
 # client will honour (the openai client ignores values over 60 s).
 RETRY_AFTER_MIN_SECONDS, RETRY_AFTER_MAX_SECONDS = 1, 60
