@@ -391,6 +391,12 @@ def test_text_releases_the_held_start_at_the_end_and_finds_the_earliest_stop():
 # -- the command -------------------------------------------------------------------------------------
 
 
+def test_without_the_server_extra_the_command_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn now fails as if not installed
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 2 and "specllm[server]" in result.stderr, result.output
+
+
 def test_a_taken_port_is_one_error_line(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECLLM_CACHE", str(tmp_path))
     taken = bind_socket("127.0.0.1", 0)

@@ -13,7 +13,7 @@ from rich.markup import escape
 
 from .. import llama
 from ..console import reported_errors, stderr, warn
-from ..engine import Engine
+from ..engine import Engine, Request
 from ..errors import UsageError
 from ..options import (
     CrossVocabOpt, CtxSizeOpt, DraftCtxSizeOpt, DraftGpuLayersOpt, DraftMaxOpt, DraftModelOpt, DraftThreadsOpt,
@@ -79,7 +79,7 @@ def serve(
     """
     with reported_errors(verbose):
         llama.set_verbose(verbose)
-        uvicorn, create_app, ServerState, Server = _import_server()
+        _import_server()  # before anything else: without the extra, say so at once
         defaults = build_request(max_tokens=max_tokens, temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
                                  chat=False, ignore_eos=False, truncate=False)
         check_positive("--queue-size", queue_size, allow_zero=True)
@@ -100,23 +100,29 @@ def serve(
                 if not api_key and not is_loopback(host):
                     warn(f"listening on {escape(host)} without an API key: anyone who can reach this machine can "
                          "use the models (set --api-key or SPECLLM_API_KEY)")
-                state = ServerState(engine, model_name=Path(config.target).stem, defaults=defaults, api_key=api_key,
-                                    queue_size=queue_size)
-                try:
-                    address = sock.getsockname()
-                    stderr.print(f"serving {state.model_name} (mode {config.mode}"
-                                 f"{', draft ' + Path(config.draft).stem if engine.draft_model else ''}) on "
-                                 f"http://{_url_host(address[0])}:{address[1]}/v1", markup=False, highlight=False)
-                    # No lifespan: the engine and its worker live here, outside the app.
-                    server = Server(state, uvicorn.Config(
-                        create_app(state), lifespan="off", log_config=log_config(verbose),
-                        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
-                    ))
-                    server.run(sockets=[sock])
-                finally:
-                    state.close()
+                run_server(engine, sock, defaults=defaults, api_key=api_key, queue_size=queue_size, verbose=verbose)
         finally:
             sock.close()
+
+
+def run_server(engine: Engine, sock: socket.socket, *, defaults: Request, api_key: Optional[str], queue_size: int,
+               verbose: bool) -> None:
+    """Serve on the bound socket until Ctrl-C; the engine's worker is stopped before returning."""
+    uvicorn, create_app, ServerState, Server = _import_server()
+    config = engine.config
+    state = ServerState(engine, model_name=Path(config.target).stem, defaults=defaults, api_key=api_key,
+                        queue_size=queue_size)
+    try:
+        host, port = sock.getsockname()[:2]
+        draft = f", draft {Path(config.draft).stem}" if engine.draft_model else ""
+        stderr.print(f"serving {state.model_name} (mode {config.mode}{draft}) on http://{_url_host(host)}:{port}/v1",
+                     markup=False, highlight=False, soft_wrap=True)
+        # No lifespan: the engine and its worker live here, outside the app.
+        server = Server(state, uvicorn.Config(create_app(state), lifespan="off", log_config=log_config(verbose),
+                                              timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS))
+        server.run(sockets=[sock])
+    finally:
+        state.close()
 
 
 def _import_server():
