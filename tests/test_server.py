@@ -285,6 +285,7 @@ def test_a_full_queue_answers_503_with_retry_after(live, expected):
     (b'{"messages": [{"role": "user", "content": "hi"}], "n": 2}', 400, "not supported"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "mode": "fast"}', 400, "mode"),
     (b'{"messages": []}', 400, "messages"),
+    (b'{"messages": [{"role": "user", "content": "a\\ud800"}]}', 400, "surrogate"),
 ])
 def test_bad_chat_requests_get_json_errors(live, body, status, fragment):
     response = live.http.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})

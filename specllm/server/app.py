@@ -177,6 +177,7 @@ def checked_request(state: ServerState, body: schemas.Body) -> Request:
 
 
 def chat_tokens(engine: Engine, messages: list[tuple[str, str]], request: Request) -> list[int]:
+    _check_utf8([content for _, content in messages], "messages")
     try:
         text = engine.target_model.render_chat(messages)
     except ModelLoadError:
@@ -192,7 +193,18 @@ def prompt_tokens(engine: Engine, prompt: str | list, request: Request) -> list[
             raise ApiError(400, f"prompt: token ids must be in [0, {n_vocab})", param="prompt")
         return fitted(engine, list(prompt), "prompt")
     text = prompt if isinstance(prompt, str) else prompt[0]
+    _check_utf8([text], "prompt")
     return fitted(engine, _tokenize(engine, text, request), "prompt")
+
+
+def _check_utf8(texts: list[str], param: str) -> None:
+    # JSON can carry lone surrogates ("\ud800"), which no UTF-8 tokenizer takes.
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ApiError(400, f"{param}: not valid Unicode (a lone surrogate at character {e.start})",
+                           param=param) from None
 
 
 def _tokenize(engine: Engine, text: str, request: Request) -> list[int]:
