@@ -47,6 +47,7 @@ def _register_optional_commands() -> None:
         ("models", lambda m: app.add_typer(m.app, name="models")),
         ("bench", lambda m: app.command(name="bench")(m.bench)),
         ("rpc_server", lambda m: app.command(name="rpc-server")(m.rpc_server)),
+        ("serve", lambda m: app.command(name="serve")(m.serve)),
     ):
         try:
             module = importlib.import_module(f"specllm.commands.{module_name}")
