@@ -1,338 +1,48 @@
-"""`specllm bench`'s core: which drafter and which k pay on this machine, for these prompts?
+"""Running a bench: every configuration of the sweep on every prompt, through `Engine`.
 
-One run loads the target once and every draft once, then runs each configuration of the sweep
-on every prompt:
+A bench run takes exactly the path `specllm generate` takes: an `Engine` loads the models,
+checks the draft's vocabulary and tokenizes the prompt (chat template included); each run is
+`engine.generate(tokens, request)`, the request saying the configuration's mode and k. One
+engine holds the target alone (the baseline and n-gram runs, and auto mode without a draft),
+and one engine more per draft model (its draft and auto runs). A draft the engine refuses
+(another vocabulary without --cross-vocab, a recurrent model) becomes a row with the reason.
 
-- plain decoding (`none`): the baseline, always run; speedups are relative to it,
-- n-gram lookup (`ngram`) and each draft model (`draft`) at each k of the sweep,
-- `auto` (generate's default mode) with each draft, drafting at most the largest k.
-
-A draft whose vocabulary the target cannot verify is refused, shown as a row with the reason
-(with `cross_vocab` it drafts through text instead, as generate --cross-vocab does).
-
-The configurations of one prompt run one after the other, so that a slow spell of a shared
-machine touches them alike (and the prompt is prefilled once). Every run generates at most
-`max_tokens`; with `ignore_eos` every run generates exactly that many.
-
-The cost model. Measured after a warm-up, with the prompts' depth of cache: the target's time
-T(n) for one decode of n = 1..K+1 tokens and the draft's time t_d for one token. A round
-drafting k tokens emits E(k) = 1 + sum_j prod_{i<=j} alpha_i tokens (auto.expected_tokens),
-where alpha_i is the chance that draft i is accepted once the ones before it were, and costs
-k t_d + T(k+1); plain decoding emits 1 token per T(1). Hence
-
-    predicted speedup = T(1) (1 + f (E(k) - 1)) / ((1 - f) T(1) + f (k t_d + T(k+1)))
-
-with f the share of rounds that drafted at all (about 1 for a draft model, the match rate for
-n-gram lookup). alpha_i comes from the run's per-position acceptance, which is
-prod_{j<=i} alpha_j (stats.py). The best k by the model maximises E(k) / (k t_d + T(k+1))
-(auto.best_draft_length) on the acceptance pooled over all of a draft's runs. The model prices
-decodes only: the loop's own per-round work (verification, bookkeeping) is left out, which
-matters for tiny models and little for real ones.
+The configurations of one prompt run one after the other, in an order that rotates from one
+prompt to the next, so that a slow spell of a shared machine touches them alike. Every run
+generates at most `max_tokens`; with `ignore_eos` exactly that many. Auto mode learns across
+the prompts of a group, as an engine does across generations, from a fresh start per group.
+After a group's runs, decodes are timed for the cost model (costs.py).
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import numpy as np
+from ..engine import Engine, EngineConfig, Request
+from ..errors import IncompatibleModelsError, UsageError
+from ..options import MODES
+from ..prompts import BenchPrompt
+from ..sampling import SamplingParams
+from ..stats import SpecStats
+from .costs import MeasuredCosts, loop_overhead, measure_decodes, timing_depth
+from .padding import PreparedPrompt, filler_for, pad_to_length
+from .results import BenchResult, GroupKey, Totals, make_rows, model_best_ks, refused_row
+from .sweep import ALL_CATEGORIES, DEFAULT_KS, BenchConfig, sweep
 
-from . import llama
-from .auto import AutoPolicy, CostModel, Learned, time_batches, best_draft_length, expected_tokens
-from .drafters import Drafter, NgramDrafter, NoDrafter
-from .compat import Compatibility, ensure_compatible
-from .engine import DEFAULT_CTX_SIZE, DEFAULT_NGRAM_SIZES, make_model_drafter
-from .errors import IncompatibleModelsError, SpecllmError, UsageError
-from .llama import common_prefix_length
-from .sampling import SamplingParams
-from .speculative import DraftPolicy, FixedPolicy, Generation
-from .prompts import BUILTIN_PROMPTS, BenchPrompt
-from .stats import SpecStats
-
-MODES = ("none", "ngram", "draft", "auto")
-DEFAULT_KS = (2, 3, 4, 5, 6, 7, 8)
-ALL_CATEGORIES = "all"  # the row that adds up every category, when there are several
 WARMUP_TOKENS = 8
-TIMING_REPEATS = 3  # auto's timing takes the best of 2 decodes; a busy machine needs more tries
+PROMPT_MARK = "{prompt}"  # stands for the prompt where the report shows the chat template
 
-ROW_FIELDS = (
-    "mode", "draft", "k", "category", "context_length", "prompts", "prompt_tokens", "tokens",
-    "acceptance_rate", "mean_accepted_length", "per_position_acceptance", "tokens_per_second", "speedup",
-    "predicted_speedup", "target_ms", "draft_ms", "best", "refused",
-)
-
-# -- the sweep ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    mode: str
-    k: int = 0
-    draft: Optional[str] = None  # the draft model's name, for `draft` and `auto`
-
-    @property
-    def label(self) -> str:
-        name = f"{self.mode} {short_name(self.draft)}" if self.draft else self.mode
-        return f"{name} k={self.k}" if self.k and self.mode != "auto" else name
-
-
-def short_name(name: Optional[str]) -> str:
-    return re.sub(r"\.gguf$", "", name or "", flags=re.IGNORECASE)
-
-
-def sweep(modes: Sequence[str], ks: Sequence[int], drafts: Sequence[str]) -> list[BenchConfig]:
-    """The configurations to measure, baseline first. Auto mode gets each draft (or none)."""
-    configs = [BenchConfig("none")]
-    if "ngram" in modes:
-        configs += [BenchConfig("ngram", k) for k in ks]
-    if "draft" in modes:
-        configs += [BenchConfig("draft", k, d) for d in drafts for k in ks]
-    if "auto" in modes:
-        configs += [BenchConfig("auto", max(ks), d) for d in (drafts or [None])]
-    return configs
-
-
-# -- the cost model -----------------------------------------------------------------------------
-
-
-def conditional_acceptance(per_position: Sequence[float]) -> list[float]:
-    """alpha_i, the chance that draft i is accepted given that the ones before it were, from
-    per-position acceptance (the share of i-th drafts accepted, i.e. prod_{j<=i} alpha_j)."""
-    alphas, survived = [], 1.0
-    for p in per_position:
-        alphas.append(min(p / survived, 1.0) if survived > 0 else 0.0)
-        survived = p
-    return alphas
-
-
-def predicted_speedup(per_position: Sequence[float], k: int, costs: CostModel, draft_share: float = 1.0) -> float:
-    """Expected tokens per round over cost per round, relative to plain decoding's 1 / T(1)."""
-    t1 = costs.target_time(1)
-    if t1 <= 0 or k <= 0:
-        return 1.0
-    e = expected_tokens(conditional_acceptance(per_position[:k]))[-1]
-    tokens = 1 + draft_share * (e - 1)
-    cost = (1 - draft_share) * t1 + draft_share * (k * costs.draft_time(1) + costs.target_time(k + 1))
-    return t1 * tokens / cost
-
-
-def best_k_by_model(per_position: Sequence[float], costs: CostModel, max_k: int) -> tuple[int, float]:
-    """(k, predicted speedup) of the best draft length 0..max_k (0: speculation does not pay)."""
-    t1 = costs.target_time(1)
-    alphas = conditional_acceptance(per_position[:max_k])
-    k, rate = best_draft_length(alphas, lambda k: k * costs.draft_time(1) + costs.target_time(k + 1))
-    return k, rate * t1
-
-
-@dataclass
-class MeasuredCosts:
-    """What one decode costs at one context depth: target by batch size, each draft per token."""
-
-    prompt_tokens: int
-    target: dict[int, float] = field(default_factory=dict)  # seconds by batch size
-    draft: dict[str, float] = field(default_factory=dict)  # seconds per token by draft name
-
-    def model_for(self, draft: Optional[str]) -> CostModel:
-        """auto's CostModel for the target with this draft (no draft: drafting costs nothing)."""
-        per_token = self.draft.get(draft) if draft else None
-        return CostModel(target=dict(self.target), draft={1: per_token} if per_token else {})
-
-    def to_dict(self) -> dict:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "target_ms": {str(n): s * 1e3 for n, s in sorted(self.target.items())},
-            "draft_ms_per_token": {name: s * 1e3 for name, s in self.draft.items()},
-        }
-
-
-# -- adding up runs -----------------------------------------------------------------------------
-
-
-def add_stats(total: SpecStats, stats: SpecStats) -> None:
-    """Add one run's counts and times into a running total."""
-    total.prompt_tokens += stats.prompt_tokens
-    total.generated += stats.generated
-    total.rounds += stats.rounds
-    total.drafted += stats.drafted
-    total.accepted += stats.accepted
-    for i, (d, a) in enumerate(zip(stats.drafted_at, stats.accepted_at)):
-        if i == len(total.drafted_at):
-            total.drafted_at.append(0)
-            total.accepted_at.append(0)
-        total.drafted_at[i] += d
-        total.accepted_at[i] += a
-    for source, n in stats.rounds_by_source.items():
-        total.rounds_by_source[source] = total.rounds_by_source.get(source, 0) + n
-    total.prompt_seconds += stats.prompt_seconds
-    total.decode_seconds += stats.decode_seconds
-    total.target_seconds += stats.target_seconds
-    total.draft_seconds += stats.draft_seconds
-
-
-def draft_share(stats: SpecStats) -> float:
-    """The share of rounds that drafted at least one token."""
-    return stats.drafted_at[0] / stats.rounds if stats.rounds and stats.drafted_at else 0.0
-
-
-GroupKey = tuple[str, Optional[int]]  # (category, context length)
-
-
-@dataclass
-class Totals:
-    """Runs added up per configuration and group."""
-
-    stats: dict[tuple[BenchConfig, GroupKey], SpecStats] = field(default_factory=dict)
-    prompts: dict[tuple[BenchConfig, GroupKey], int] = field(default_factory=dict)
-
-    def add(self, config: BenchConfig, group: GroupKey, stats: SpecStats) -> None:
-        key = (config, group)
-        if key not in self.stats:
-            self.stats[key] = SpecStats(mode=config.mode, k=config.k)
-            self.prompts[key] = 0
-        add_stats(self.stats[key], stats)
-        self.prompts[key] += 1
-
-
-def make_rows(
-    configs: Sequence[BenchConfig],
-    groups: Sequence[GroupKey],
-    totals: Totals,
-    costs: dict[Optional[int], MeasuredCosts],
-) -> list[dict]:
-    """One row per group and configuration; speedups against the group's baseline."""
-    rows = []
-    for group in groups:
-        category, length = group
-        baseline = totals.stats.get((configs[0], group))
-        base_rate = baseline.tokens_per_second if baseline else 0.0
-        group_rows = []
-        for config in configs:
-            stats = totals.stats.get((config, group))
-            if stats is None:
-                continue
-            rate = stats.tokens_per_second
-            if config.mode in ("ngram", "draft"):
-                predicted = predicted_speedup(stats.per_position_acceptance, config.k,
-                                              costs[length].model_for(config.draft), draft_share(stats))
-            else:
-                # Plain decoding is the unit; auto chooses its draft per round, beyond this model.
-                predicted = 1.0 if config.mode == "none" else None
-            group_rows.append({
-                "mode": config.mode,
-                "draft": config.draft,
-                "k": config.k,
-                "category": category,
-                "context_length": length,
-                "prompts": totals.prompts[(config, group)],
-                "prompt_tokens": stats.prompt_tokens / max(totals.prompts[(config, group)], 1),
-                "tokens": stats.generated,
-                "acceptance_rate": stats.acceptance_rate,
-                "mean_accepted_length": stats.mean_accepted_length,
-                "per_position_acceptance": stats.per_position_acceptance,
-                "tokens_per_second": rate,
-                "speedup": rate / base_rate if base_rate > 0 else None,
-                "predicted_speedup": predicted,
-                "target_ms": stats.target_seconds * 1e3,
-                "draft_ms": stats.draft_seconds * 1e3,
-                "best": False,
-                "refused": None,
-            })
-        if group_rows:
-            max(group_rows, key=lambda r: r["tokens_per_second"])["best"] = True
-        rows += group_rows
-    return rows
-
-
-def model_best_ks(
-    configs: Sequence[BenchConfig],
-    groups: Sequence[GroupKey],
-    totals: Totals,
-    costs: dict[Optional[int], MeasuredCosts],
-) -> list[dict]:
-    """Per draft model and group: the k the cost model finds best, on acceptance pooled over k."""
-    out = []
-    drafts = list(dict.fromkeys(c.draft for c in configs if c.mode == "draft"))
-    for group in groups:
-        for draft in drafts:
-            pooled = SpecStats()
-            swept = [c for c in configs if c.mode == "draft" and c.draft == draft]
-            for config in swept:
-                if (config, group) in totals.stats:
-                    add_stats(pooled, totals.stats[(config, group)])
-            if not pooled.rounds:
-                continue
-            max_k = max(c.k for c in swept)
-            k, speedup = best_k_by_model(pooled.per_position_acceptance, costs[group[1]].model_for(draft), max_k)
-            out.append({"draft": draft, "category": group[0], "context_length": group[1], "k": k,
-                        "predicted_speedup": speedup})
-    return out
-
-
-def refused_row(draft: str, reason: str) -> dict:
-    row = dict.fromkeys(ROW_FIELDS)
-    row.update(mode="draft", draft=draft, refused=reason, best=False)
-    return row
-
-
-# -- preparing prompts --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PreparedPrompt:
-    tokens: list[int]
-    category: str
-    context_length: Optional[int]  # the length it was padded to; None without --context-lengths
-
-
-def tokenize_prompt(model: llama.Model, text: str, chat: bool) -> list[int]:
-    if chat:
-        text = model.apply_chat_template(text)
-    tokens = model.vocab.tokenize(text, add_special=True, parse_special=True)
-    if not tokens:
-        raise UsageError("a prompt has no tokens")
-    return tokens
-
-
-def pad_to_length(model: llama.Model, text: str, length: int, filler: str, chat: bool) -> Optional[list[int]]:
-    """The prompt with filler text in front, about `length` tokens; None when it is longer already.
-
-    The filler goes before the prompt (inside the chat message with `chat`), so that the
-    question the model answers stays the same and only the context in front of it grows.
-    """
-    tokens = tokenize_prompt(model, text, chat)
-    if len(tokens) > length:
-        return None
-    separator = "\n\n"
-    missing = length - len(tokens) - len(model.vocab.tokenize(separator, add_special=False))
-    if missing <= 0:
-        return tokens
-    filler_ids = model.vocab.tokenize(filler, add_special=False, parse_special=False)
-    if not filler_ids:
-        return tokens
-    filler_ids = filler_ids * (1 + missing // len(filler_ids))
-    padding = model.vocab.detokenize(filler_ids[:missing]).decode("utf-8", errors="ignore")
-    return tokenize_prompt(model, padding + separator + text, chat)
-
-
-def filler_for(prompt: BenchPrompt, prompts: Sequence[BenchPrompt]) -> str:
-    """Natural text of the same kind as the prompts (the set's others, then the built-in ones),
-    rather than noise, which would make acceptance at long contexts unrepresentative."""
-    texts = [p.text for p in (*prompts, *BUILTIN_PROMPTS) if p.text != prompt.text]
-    return "\n\n".join(dict.fromkeys(texts))
-
-
-# -- running ------------------------------------------------------------------------------------
+# (what is being done, runs done, runs in all)
+ProgressCallback = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
 class BenchSettings:
-    target: str  # resolved paths
-    drafts: tuple[str, ...] = ()
+    engine: EngineConfig  # the target and how to load it; each engine gets its own draft, mode and k
+    drafts: tuple[str, ...] = ()  # resolved paths
     ks: tuple[int, ...] = DEFAULT_KS
     modes: tuple[str, ...] = MODES
     max_tokens: int = 128
@@ -341,74 +51,16 @@ class BenchSettings:
     ignore_eos: bool = False
     chat: bool = False
     context_lengths: tuple[int, ...] = ()
-    ctx_size: int = DEFAULT_CTX_SIZE
-    threads: Optional[int] = None
-    n_gpu_layers: int = 0
-    ngram_sizes: tuple[int, ...] = DEFAULT_NGRAM_SIZES
     warmup_tokens: int = WARMUP_TOKENS
-    cross_vocab: bool = False  # run a draft of another vocabulary through text instead of refusing it
-    rpc: tuple[str, ...] = ()  # llama.cpp RPC workers holding the target's layers (the drafts stay local)
-
-
-@dataclass
-class LoadedDraft:
-    name: str
-    model: llama.Model
-    context: llama.Context
-    compatibility: Optional[Compatibility]  # None: another vocabulary, drafts go through text
 
     @property
-    def through_text(self) -> bool:
-        return self.compatibility is None
-
-
-@dataclass
-class BenchResult:
-    settings: BenchSettings
-    target: str
-    rows: list[dict]
-    best_k: list[dict]
-    costs: dict[Optional[int], MeasuredCosts]
-    refused: dict[str, str]
-    warnings: list[str]
-
-    def to_dict(self) -> dict:
-        s = self.settings
-        return {
-            "target": self.target,
-            "settings": {
-                "drafts": [Path(d).name for d in s.drafts], "ks": list(s.ks), "modes": list(s.modes),
-                "max_tokens": s.max_tokens, "temperature": s.params.temperature, "seed": s.seed,
-                "ignore_eos": s.ignore_eos, "chat": s.chat, "context_lengths": list(s.context_lengths),
-                "ctx_size": s.ctx_size, "threads": s.threads, "n_gpu_layers": s.n_gpu_layers,
-            },
-            "costs": [{"context_length": length, **c.to_dict()} for length, c in self.costs.items()],
-            "best_k": self.best_k,
-            "warnings": self.warnings,
-            "rows": self.rows,
-        }
-
-
-def write_csv(rows: Sequence[dict], path: Path) -> None:
-    try:
-        with path.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=ROW_FIELDS, extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                cells = {k: ("" if v is None else v) for k, v in row.items()}
-                if row.get("per_position_acceptance") is not None:
-                    cells["per_position_acceptance"] = " ".join(f"{p:.4f}" for p in row["per_position_acceptance"])
-                writer.writerow(cells)
-    except OSError as e:
-        raise UsageError(f"cannot write {path}: {e.strerror}") from None
-
-
-# (what is being done, runs done, runs in all)
-ProgressCallback = Callable[[str, int, int], None]
+    def request(self) -> Request:
+        """The request every run starts from; each sets its own mode, k, seed and length."""
+        return Request(max_tokens=self.max_tokens, params=self.params, chat=self.chat, ignore_eos=self.ignore_eos)
 
 
 class Bench:
-    """One target and its drafts, loaded once; `run` measures every configuration on every prompt."""
+    """The engines, loaded once; `run` measures every configuration on every prompt."""
 
     def __init__(self, settings: BenchSettings):
         if not settings.ks or min(settings.ks) < 1:
@@ -416,68 +68,77 @@ class Bench:
         self.settings = settings
         self.warnings: list[str] = []
         self.refused: dict[str, str] = {}
-        self.drafts: list[LoadedDraft] = []
-        self.target_model = llama.Model(settings.target, n_gpu_layers=settings.n_gpu_layers, rpc=settings.rpc)
-        self.target: Optional[llama.Context] = None
+        self.engines: dict[Optional[str], Engine] = {}  # by draft name; None: the target alone
         try:
-            speculative = set(settings.modes) - {"none"}
-            if speculative and not self.target_model.has_partial_kv_removal:
-                raise IncompatibleModelsError(
-                    f"{self.target_model.name} is a recurrent/hybrid model: its cache cannot be rolled back "
-                    "after rejected drafts", hint="use --modes none")
-            self.target = llama.Context(self.target_model, n_ctx=settings.ctx_size, n_threads=settings.threads)
+            self.engines[None] = self._engine(None)
             if {"draft", "auto"} & set(settings.modes):
                 for path in settings.drafts:
-                    self._load_draft(path)
+                    self._open_draft(path)
         except BaseException:
             self.close()
             raise
 
-    def _load_draft(self, path: str) -> None:
-
-        name = Path(path).name
-        while name in self.refused or any(d.name == name for d in self.drafts):
-            name += "'"  # the same file name twice: keep the rows apart
-        # The vocabulary alone decides compatibility: a refused draft's weights never load.
-        with llama.Model(path, vocab_only=True) as vocab_model:
-            try:
-                compatibility = ensure_compatible(self.target_model, vocab_model)
-                self.warnings += [f"{name}: {w}" for w in compatibility.warnings]
-            except IncompatibleModelsError as e:
-                if not self.settings.cross_vocab:
-                    self.refused[name] = e.message
-                    return
-                compatibility = None
-                self.warnings.append(f"{name} has another vocabulary: its drafts go through text (--cross-vocab)")
-        model = llama.Model(path, n_gpu_layers=self.settings.n_gpu_layers)
-        if not model.has_partial_kv_removal:
-            model.close()
-            self.refused[name] = f"{name} is recurrent/hybrid: its cache cannot be rolled back after rejected drafts"
-            return
+    def _engine(self, draft: Optional[str]) -> Engine:
+        s = self.settings
+        if draft is not None:
+            mode = "auto" if "auto" in s.modes else "draft"
+        else:
+            mode = "ngram" if set(s.modes) - {"none"} else "none"  # auto is prepared when first asked
+        config = replace(s.engine, draft=draft, mode=mode, k=max(s.ks))
+        warnings: list[str] = []
         try:
-            context = llama.Context(model, n_ctx=self.settings.ctx_size, n_threads=self.settings.threads)
-        except SpecllmError:
-            model.close()
+            engine = Engine(config, warnings=warnings)
+        except IncompatibleModelsError as e:
+            if draft is None:
+                e.hint = "use --modes none"
             raise
-        self.drafts.append(LoadedDraft(name, model, context, compatibility))
+        name = Path(draft).name if draft else None
+        self.warnings += [f"{name}: {w}" if name else w for w in warnings]
+        return engine
+
+    def _open_draft(self, path: str) -> None:
+        name = Path(path).name
+        while name in self.refused or name in self.engines:
+            name += "'"  # the same file name twice: keep the rows apart
+        try:
+            engine = self._engine(path)
+        except IncompatibleModelsError as e:
+            self.refused[name] = e.message
+            return
+        self.engines[name] = engine
+        if engine.draft is not None and engine.compatibility is None:
+            self.warnings.append(f"{name} has another vocabulary: its drafts go through text (--cross-vocab)")
+
+    @property
+    def base(self) -> Engine:
+        return self.engines[None]
+
+    @property
+    def drafts(self) -> list[str]:
+        return [name for name in self.engines if name is not None]
 
     @property
     def configs(self) -> list[BenchConfig]:
-        return sweep(self.settings.modes, self.settings.ks, [d.name for d in self.drafts])
+        return sweep(self.settings.modes, self.settings.ks, self.drafts)
+
+    def chat_template(self) -> Optional[str]:
+        """The target's chat template around a prompt, as --chat applies it (None without --chat)."""
+        return self.base.target_model.apply_chat_template(PROMPT_MARK) if self.settings.chat else None
 
     # -- prompts
 
     def prepare(self, prompts: Sequence[BenchPrompt]) -> dict[Optional[int], list[PreparedPrompt]]:
         """Token ids per context length (one group, None, without --context-lengths)."""
         s = self.settings
+        request = s.request
         groups: dict[Optional[int], list[PreparedPrompt]] = {}
         for length in s.context_lengths or (None,):
             group = []
             for prompt in prompts:
                 if length is None:
-                    tokens = tokenize_prompt(self.target_model, prompt.text, s.chat)
+                    tokens = self.base.tokenize_prompt(prompt.text, request)
                 else:
-                    tokens = pad_to_length(self.target_model, prompt.text, length, filler_for(prompt, prompts), s.chat)
+                    tokens = pad_to_length(self.base, prompt.text, length, filler_for(prompt, prompts), request)
                     if tokens is None:
                         continue
                 group.append(PreparedPrompt(tokens, prompt.category, length))
@@ -489,16 +150,17 @@ class Bench:
             raise UsageError("every prompt is longer than the context lengths asked for")
         longest = max(len(p.tokens) for g in groups.values() for p in g)
         needed = longest + s.max_tokens + max(s.ks) + 2
-        if needed > s.ctx_size:
+        if needed > s.engine.ctx_size:
             raise UsageError(
                 f"the longest prompt ({longest} tokens) plus {s.max_tokens} generated does not fit the "
-                f"{s.ctx_size}-token context", hint=f"raise --ctx-size to {needed} or more")
+                f"{s.engine.ctx_size}-token context", hint=f"raise --ctx-size to {needed} or more")
         return groups
 
     # -- measuring
 
     def run(self, prompts: Sequence[BenchPrompt], progress: Optional[ProgressCallback] = None) -> BenchResult:
         s = self.settings
+        chat_template = self.chat_template()
         groups = self.prepare(prompts)
         configs = self.configs
         total = len(configs) * (1 + sum(len(g) for g in groups.values()))  # warm-ups, then measured runs
@@ -511,105 +173,87 @@ class Bench:
             done += finished
 
         base_seed = s.seed if s.seed is not None else secrets.randbits(32)
+        first = next(iter(groups.values()))[0].tokens
+        for config in configs:
+            report(f"warm-up {config.label}", finished=True)
+            # Discarded: it pages the weights in and lets llama.cpp allocate its buffers for
+            # each batch size, before anything is timed.
+            self._generate(config, first, base_seed, s.warmup_tokens)
+
         totals = Totals()
-        costs: dict[Optional[int], MeasuredCosts] = {}
+        costs: dict[GroupKey, MeasuredCosts] = {}
         categories = list(dict.fromkeys(p.category for g in groups.values() for p in g))
+        group_keys: list[GroupKey] = []
         for length, group in groups.items():
-            if not costs:
-                for config in configs:
-                    report(f"warm-up {config.label}", finished=True)
-                    # Discarded: it pages the weights in and lets llama.cpp allocate its buffers
-                    # for each batch size, before anything is timed.
-                    self._generate(config, group[0].tokens, s.warmup_tokens, base_seed, _eager_auto(config))
-            report("timing decodes" + (f" at {length} tokens" if length else ""))
-            costs[length] = self._measure_costs(group[0].tokens)
-            # auto learns across a group's prompts, as an engine does across generations.
-            auto_state = {c: (Learned(), costs[length].model_for(c.draft)) for c in configs if c.mode == "auto"}
+            self._forget_learning()
             for i, prompt in enumerate(group):
-                # Rotate the order, so that no configuration always runs right after a prefill.
+                # Rotate the order, so that no configuration always runs first on a prompt.
                 for config in configs[i % len(configs):] + configs[: i % len(configs)]:
                     report(f"{config.label} · prompt {i + 1}/{len(group)}", finished=True)
-                    stats = self._generate(config, prompt.tokens, s.max_tokens, (base_seed, i), auto_state.get(config))
+                    stats = self._generate(config, prompt.tokens, base_seed + i, s.max_tokens)
                     totals.add(config, (prompt.category, length), stats)
                     if len(categories) > 1:
                         totals.add(config, (ALL_CATEGORIES, length), stats)
+            keys = [(c, length) for c in categories if (configs[0], (c, length)) in totals.stats]
+            keys += [(ALL_CATEGORIES, length)] if len(categories) > 1 else []
+            for key in keys:
+                report("timing decodes" + (f" at ~{length} tokens" if length else "") + f" ({key[0]})")
+                members = [p for p in group if key[0] in (ALL_CATEGORIES, p.category)]
+                costs[key] = self._measure_costs(members, totals.stats[(configs[0], key)],
+                                                 totals.prompts[(configs[0], key)])
+            group_keys += keys
         report("done")
 
-        group_keys = [(c, length) for length in groups for c in categories]
-        if len(categories) > 1:
-            group_keys += [(ALL_CATEGORIES, length) for length in groups]
-        group_keys = [g for g in group_keys if (configs[0], g) in totals.stats]
-        rows = make_rows(configs, group_keys, totals, costs)
+        rows = make_rows(configs, group_keys, totals, costs, chat_template)
         rows += [refused_row(name, reason) for name, reason in self.refused.items()]
         return BenchResult(
-            settings=s, target=self.target_model.name, rows=rows,
+            settings=s, target=self.base.target_model.name, rows=rows,
             best_k=model_best_ks(configs, group_keys, totals, costs), costs=costs, refused=dict(self.refused),
-            warnings=list(self.warnings),
+            warnings=list(self.warnings), chat_template=chat_template,
         )
 
-    def _measure_costs(self, prompt: Sequence[int]) -> MeasuredCosts:
-        """T(1..K+1) and each draft's per-token time, with the cache holding a prompt of the group."""
-        costs = MeasuredCosts(prompt_tokens=len(prompt))
-        _fill_cache(self.target, prompt[:-1])
-        costs.target = _best_times(self.target, range(1, max(self.settings.ks) + 2))
-        for draft in self.drafts:
-            context = prompt[:-1]
-            if draft.through_text:  # the same text in the draft's own ids
-                text = self.target_model.vocab.detokenize(context)
-                context = draft.model.vocab.tokenize(text, add_special=True, parse_special=False)
-            _fill_cache(draft.context, context)
-            per_token = _best_times(draft.context, (1,)).get(1)
-            if per_token:
-                costs.draft[draft.name] = per_token
-        return costs
-
-    def _policy(self, config: BenchConfig, auto_state: Optional[tuple[Learned, CostModel]]) -> DraftPolicy:
-        s = self.settings
-        drafter = self._model_drafter(config.draft) if config.draft else None
-        if config.mode == "none":
-            return FixedPolicy(NoDrafter(), 0, mode="none")
-        if config.mode == "ngram":
-            return FixedPolicy(NgramDrafter(s.ngram_sizes), config.k, mode="ngram")
-        if config.mode == "draft":
-            return FixedPolicy(drafter, config.k, mode="draft")
-        learned, costs = auto_state or (Learned(), CostModel())
-        return AutoPolicy(NgramDrafter(s.ngram_sizes), drafter, max_k=config.k, costs=costs, learned=learned)
-
-    def _model_drafter(self, name: str) -> Drafter:
-        draft = next(d for d in self.drafts if d.name == name)
-        return make_model_drafter(draft.context, self.target_model.vocab, draft.compatibility, self.settings.params,
-                                  ignore_eos=self.settings.ignore_eos)
-
-    def _generate(
-        self,
-        config: BenchConfig,
-        prompt: Sequence[int],
-        max_tokens: int,
-        seed: int | tuple[int, int],
-        auto_state: Optional[tuple[Learned, CostModel]] = None,
-    ) -> SpecStats:
-        generation = Generation(
-            self.target,
-            self._policy(config, auto_state),
-            prompt,
-            params=self.settings.params,
-            max_tokens=max_tokens,
-            # The same seed for every configuration of a prompt: sampled runs stay comparable.
-            rng=np.random.default_rng(seed),
-            ignore_eos=self.settings.ignore_eos,
-        )
+    def _generate(self, config: BenchConfig, prompt: Sequence[int], seed: int, max_tokens: int) -> SpecStats:
+        engine = self.engines[config.draft]
+        request = replace(self.settings.request, mode=config.mode, k=config.k or None, seed=seed,
+                          max_tokens=max_tokens)
+        # The same seed for every configuration of a prompt: sampled runs stay comparable.
+        generation = engine.generate(prompt, request)
         for _ in generation:
             pass
         return generation.stats
 
+    def _forget_learning(self) -> None:
+        """Auto mode starts each group as a new run would (the cost profile and verdicts kept)."""
+        for engine in self.engines.values():
+            if hasattr(engine, "learned"):
+                engine.forget_learning()
+
+    def _measure_costs(self, prompts: Sequence[PreparedPrompt], plain: SpecStats, runs: int) -> MeasuredCosts:
+        """T(1..K+1), each draft's per-token time and the loop's overhead, with the caches at the
+        group's mean depth while generating."""
+        depth = max(timing_depth(plain, runs), 1)
+        text = [t for p in prompts for t in p.tokens]
+        cached = (text * (1 + depth // len(text)))[:depth]  # the group's own tokens, as deep as it generated
+        target_times = measure_decodes(self.base.target, cached, range(1, max(self.settings.ks) + 2))
+        costs = MeasuredCosts(depth=depth, target=target_times)
+        for name in self.drafts:
+            engine = self.engines[name]
+            if engine.draft is None:
+                continue
+            draft_cached = cached
+            if engine.compatibility is None:  # another vocabulary: the same text in the draft's own ids
+                text_bytes = engine.target_model.vocab.detokenize(cached)
+                draft_cached = engine.draft_model.vocab.tokenize(text_bytes, add_special=True, parse_special=False)
+            per_token = measure_decodes(engine.draft, draft_cached, (1,)).get(1)
+            if per_token:
+                costs.draft[name] = per_token
+        costs.overhead = loop_overhead(plain, costs.target_time(1))
+        return costs
+
     def close(self) -> None:
-        for draft in self.drafts:
-            draft.context.close()
-            draft.model.close()
-        self.drafts = []
-        if self.target is not None:
-            self.target.close()
-        self.target_model.close()
+        for engine in self.engines.values():
+            engine.close()
+        self.engines = {}
 
     def __enter__(self) -> "Bench":
         return self
@@ -618,32 +262,7 @@ class Bench:
         self.close()
 
 
-def _eager_auto(config: BenchConfig) -> tuple[Learned, CostModel]:
-    """auto's state for a warm-up: flat costs, so that drafting always looks worth its time."""
-    return Learned(), CostModel(target={n: 1.0 for n in range(1, config.k + 2)}, draft={1: 0.0})
-
-
-def _best_times(ctx: llama.Context, sizes: Sequence[int]) -> dict[int, float]:
-    best: dict[int, float] = {}
-    for _ in range(TIMING_REPEATS):
-        for n, seconds in time_batches(ctx, sizes).items():
-            best[n] = min(seconds, best.get(n, seconds))
-    return best
-
-
-def _fill_cache(ctx: llama.Context, tokens: Sequence[int]) -> None:
-    """Make the cache hold exactly `tokens`, decoding only what it lacks."""
-    ctx.truncate(common_prefix_length(ctx.tokens, tokens))
-    if len(tokens) > ctx.n_past:
-        ctx.decode(list(tokens[ctx.n_past:]))
-
-
 def run_bench(settings: BenchSettings, prompts: Sequence[BenchPrompt],
               progress: Optional[ProgressCallback] = None) -> BenchResult:
     with Bench(settings) as bench:
         return bench.run(prompts, progress)
-
-
-def result_json(result: BenchResult) -> str:
-    return json.dumps(result.to_dict(), indent=2, ensure_ascii=False)
-

@@ -1,0 +1,162 @@
+"""bench's cost model: what a run should have cost, from what it did and what one decode costs here.
+
+Measured after a group's runs, with the cache at the group's mean depth while generating (prompt
+plus half the tokens generated; a decode's cost grows with the cache it attends to):
+
+- T(n), the target's time for one decode of n tokens, and t_d, a draft model's for one token
+  (medians of repeated timings: the runs meet a busy machine's slow spells too);
+- o, the loop's own work per round (verification, bookkeeping, emitting), from the plain runs:
+  their time per round beyond T(1).
+
+Every round of a run is priced by what it drafted: j drafted tokens cost T(j+1) + o, plus, for
+a draft model, j draft decodes, and one more in the next round when all j were accepted (the
+draft never decoded its own last token). n-gram lookups cost nothing. Plain decoding costs
+T(1) + o a token, so
+
+    predicted speedup = tokens * (T(1) + o) / sum over rounds of their costs
+
+Pricing the rounds as they were, rather than "every round drafts k", keeps rounds that drafted
+nothing or less than k (a match near the end of the history, the last tokens before -n) from
+skewing the prediction. The prediction error (predicted / measured - 1) says how far the
+measured costs explain the measured speed.
+
+For a k that was not run, a round of k drafts is expected to emit E(k) = 1 + sum_j prod_{i<=j}
+alpha_i tokens (auto.expected_tokens), alpha_i being the chance that draft i is accepted once
+the ones before it were, for T(k+1) + o + (k + prod_{i<=k} alpha_i) t_d; the best k maximises
+their ratio (auto.best_draft_length).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from .. import llama
+from ..auto import CostModel, best_draft_length, time_batches
+from ..stats import SpecStats
+
+TIMING_REPEATS = 5  # timings per batch size; the median is kept
+
+# Round sources whose drafting the model prices: a draft model per decode, n-gram lookups as
+# free, no draft as nothing. Any other drafter (through text, --cross-vocab) is priced by the
+# drafting time its run measured.
+MODEL_SOURCE = "model"
+FREE_SOURCES = ("ngram", "none")
+
+
+@dataclass
+class MeasuredCosts:
+    """What one decode costs at one cache depth, and the loop's own work per round."""
+
+    depth: int  # tokens in the cache while timing
+    target: dict[int, float] = field(default_factory=dict)  # seconds per decode, by batch size
+    draft: dict[str, float] = field(default_factory=dict)  # seconds per token, by draft name
+    overhead: float = 0.0  # seconds per round outside the decodes (o)
+
+    def target_time(self, n: int) -> float:
+        # CostModel's lookup: an unmeasured batch size costs as the next larger measured one.
+        return CostModel(target=self.target).target_time(n)
+
+    def draft_time(self, draft: Optional[str]) -> float:
+        return self.draft.get(draft, 0.0) if draft else 0.0
+
+    @property
+    def plain_seconds(self) -> float:
+        """One token of plain decoding: T(1) + o."""
+        return self.target_time(1) + self.overhead
+
+    def to_dict(self) -> dict:
+        return {
+            "depth": self.depth,
+            "target_ms": {str(n): s * 1e3 for n, s in sorted(self.target.items())},
+            "draft_ms_per_token": {name: s * 1e3 for name, s in self.draft.items()},
+            "overhead_ms_per_round": self.overhead * 1e3,
+        }
+
+
+def measure_decodes(ctx: llama.Context, cached: Sequence[int], sizes: Sequence[int]) -> dict[int, float]:
+    """Median seconds per decode of each batch size, with the cache holding exactly `cached`."""
+    fill_cache(ctx, cached)
+    runs = [time_batches(ctx, sizes) for _ in range(TIMING_REPEATS)]
+    return {n: statistics.median(run[n] for run in runs) for n in runs[0]}
+
+
+def fill_cache(ctx: llama.Context, tokens: Sequence[int]) -> None:
+    """Make the cache hold exactly `tokens`, decoding only what it lacks."""
+    ctx.truncate(llama.common_prefix_length(ctx.tokens, tokens))
+    if len(tokens) > ctx.n_past:
+        ctx.decode(list(tokens[ctx.n_past:]))
+
+
+def timing_depth(plain: SpecStats, runs: int) -> int:
+    """The mean cache depth while generating, over `runs` pooled runs: prompt plus half of what
+    each generated."""
+    if runs <= 0:
+        return 0
+    return round((plain.prompt_tokens + plain.generated / 2) / runs)
+
+
+def loop_overhead(plain: SpecStats, t1: float) -> float:
+    """o: the plain runs' time per round beyond one decode of one token."""
+    if not plain.rounds:
+        return 0.0
+    return max(plain.decode_seconds / plain.rounds - t1, 0.0)
+
+
+def predicted_seconds(stats: SpecStats, costs: MeasuredCosts, draft: Optional[str]) -> float:
+    """What the run's rounds should have cost: decodes by what each round drafted, plus o."""
+    t_d = costs.draft_time(draft)
+    seconds = 0.0
+    unpriced_rounds = 0
+    for (source, drafted, accepted, _), count in stats.round_shapes.items():
+        seconds += count * (costs.target_time(drafted + 1) + costs.overhead)
+        if source == MODEL_SOURCE:
+            catch_up = 1 if drafted and accepted == drafted else 0
+            seconds += count * (drafted + catch_up) * t_d
+        elif source not in FREE_SOURCES:
+            unpriced_rounds += count
+    if unpriced_rounds:
+        seconds += stats.draft_seconds  # drafting through text: priced as the run measured it
+    return seconds
+
+
+def predicted_speedup(stats: SpecStats, costs: MeasuredCosts, draft: Optional[str] = None) -> Optional[float]:
+    """The run's tokens at its predicted cost, against plain decoding's T(1) + o per token."""
+    seconds = predicted_seconds(stats, costs, draft)
+    if seconds <= 0 or costs.plain_seconds <= 0:
+        return None
+    return stats.generated * costs.plain_seconds / seconds
+
+
+def prediction_error(predicted: Optional[float], measured: Optional[float]) -> Optional[float]:
+    """predicted / measured - 1: +0.05 means the model promised 5% more than the run gave."""
+    if predicted is None or not measured:
+        return None
+    return predicted / measured - 1
+
+
+def conditional_acceptance(per_position: Sequence[float]) -> list[float]:
+    """alpha_i, the chance that draft i is accepted given that the ones before it were, from
+    per-position acceptance (the share of i-th drafts accepted, i.e. prod_{j<=i} alpha_j)."""
+    alphas, survived = [], 1.0
+    for p in per_position:
+        alphas.append(min(p / survived, 1.0) if survived > 0 else 0.0)
+        survived = p
+    return alphas
+
+
+def expected_round_seconds(k: int, per_position: Sequence[float], costs: MeasuredCosts,
+                           draft: Optional[str]) -> float:
+    """A round of k drafts: T(k+1) + o + (k + P(all k accepted)) t_d."""
+    all_accepted = per_position[k - 1] if 0 < k <= len(per_position) else 0.0
+    drafting = (k + all_accepted) * costs.draft_time(draft) if k else 0.0
+    return costs.target_time(k + 1) + costs.overhead + drafting
+
+
+def best_k_by_model(per_position: Sequence[float], costs: MeasuredCosts, draft: Optional[str],
+                    max_k: int) -> tuple[int, float]:
+    """(k, predicted speedup) of the best draft length 0..max_k (0: speculation does not pay)."""
+    alphas = conditional_acceptance(per_position[:max_k])
+    k, rate = best_draft_length(alphas, lambda k: expected_round_seconds(k, per_position, costs, draft))
+    return k, rate * costs.plain_seconds
