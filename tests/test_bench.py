@@ -238,6 +238,9 @@ def test_rows_compare_each_configuration_with_its_groups_baseline():
     # Each round: T(3) + 2 draft decodes = 140 ms, and 10 ms more after the two rounds that kept both drafts.
     seconds = 4 * 0.14 + 2 * 0.01
     assert spec["predicted_ms_per_round"] == pytest.approx(seconds / 4 * 1e3)
+    assert spec["predicted_target_ms_per_round"] == pytest.approx(120.0)
+    assert spec["predicted_draft_ms_per_round"] == pytest.approx((4 * 0.02 + 2 * 0.01) / 4 * 1e3)
+    assert spec["ms_per_round"] == pytest.approx(125.0) and spec["target_ms_per_round"] == pytest.approx(100.0)
     assert spec["predicted_speedup"] == pytest.approx(9 * 0.1 / seconds)
     assert spec["prediction_error"] == pytest.approx(spec["predicted_speedup"] / 1.8 - 1)
     assert spec["best"] and not plain["best"]

@@ -104,21 +104,38 @@ def loop_overhead(plain: SpecStats, t1: float) -> float:
     return max(plain.decode_seconds / plain.rounds - t1, 0.0)
 
 
-def predicted_seconds(stats: SpecStats, costs: MeasuredCosts, draft: Optional[str]) -> float:
-    """What the run's rounds should have cost: decodes by what each round drafted, plus o."""
+@dataclass(frozen=True)
+class RoundCosts:
+    """Seconds a run's rounds should have cost, by where they go."""
+
+    target: float = 0.0  # target decodes, T(j+1) a round
+    draft: float = 0.0  # drafting: draft-model decodes, or what drafting through text measured
+    loop: float = 0.0  # o a round
+
+    @property
+    def total(self) -> float:
+        return self.target + self.draft + self.loop
+
+
+def predicted_costs(stats: SpecStats, costs: MeasuredCosts, draft: Optional[str]) -> RoundCosts:
+    """What the run's rounds should have cost, each priced by what it drafted."""
     t_d = costs.draft_time(draft)
-    seconds = 0.0
+    target = drafting = 0.0
     unpriced_rounds = 0
     for (source, drafted, accepted, _), count in stats.round_shapes.items():
-        seconds += count * (costs.target_time(drafted + 1) + costs.overhead)
+        target += count * costs.target_time(drafted + 1)
         if source == MODEL_SOURCE:
             catch_up = 1 if drafted and accepted == drafted else 0
-            seconds += count * (drafted + catch_up) * t_d
+            drafting += count * (drafted + catch_up) * t_d
         elif source not in FREE_SOURCES:
             unpriced_rounds += count
     if unpriced_rounds:
-        seconds += stats.draft_seconds  # drafting through text: priced as the run measured it
-    return seconds
+        drafting += stats.draft_seconds  # drafting through text: priced as the run measured it
+    return RoundCosts(target=target, draft=drafting, loop=stats.rounds * costs.overhead)
+
+
+def predicted_seconds(stats: SpecStats, costs: MeasuredCosts, draft: Optional[str]) -> float:
+    return predicted_costs(stats, costs, draft).total
 
 
 def predicted_speedup(stats: SpecStats, costs: MeasuredCosts, draft: Optional[str] = None) -> Optional[float]:

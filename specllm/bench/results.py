@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from ..errors import UsageError
 from ..stats import SpecStats
-from .costs import MeasuredCosts, best_k_by_model, predicted_seconds, predicted_speedup, prediction_error
+from .costs import MeasuredCosts, best_k_by_model, predicted_costs, predicted_speedup, prediction_error
 from .sweep import BenchConfig
 
 if TYPE_CHECKING:
@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 ROW_FIELDS = (
     "mode", "draft", "k", "category", "context_length", "prompts", "prompt_tokens", "tokens", "rounds",
     "acceptance_rate", "mean_accepted_length", "mean_draft_length", "per_position_acceptance", "tokens_per_second",
-    "speedup", "predicted_speedup", "prediction_error", "ms_per_round", "predicted_ms_per_round", "target_ms",
-    "draft_ms", "chat_template", "best", "refused",
+    "speedup", "predicted_speedup", "prediction_error", "ms_per_round", "predicted_ms_per_round",
+    "target_ms_per_round", "predicted_target_ms_per_round", "draft_ms_per_round", "predicted_draft_ms_per_round",
+    "target_ms", "draft_ms", "chat_template", "best", "refused",
 )
 PREDICTED_MODES = ("ngram", "draft")  # auto decides per round, beyond what the round shapes price
 
@@ -72,13 +73,14 @@ def make_rows(
                 continue
             rate = stats.tokens_per_second
             speedup = rate / base_rate if base_rate > 0 else None
-            predicted, predicted_ms = None, None
             group_costs = costs.get(group)
+            predicted, parts = None, None
+            if config.mode in PREDICTED_MODES + ("none",) and group_costs is not None:
+                parts = predicted_costs(stats, group_costs, config.draft)
+                predicted = predicted_speedup(stats, group_costs, config.draft)
             if config.mode == "none":
                 predicted = 1.0  # the unit: o is what makes T(1) + o match the plain runs
-            elif config.mode in PREDICTED_MODES and group_costs is not None:
-                predicted = predicted_speedup(stats, group_costs, config.draft)
-                predicted_ms = predicted_seconds(stats, group_costs, config.draft) / max(stats.rounds, 1) * 1e3
+            per_round = 1e3 / max(stats.rounds, 1)  # seconds in all -> ms per round
             group_rows.append({
                 "mode": config.mode,
                 "draft": config.draft,
@@ -97,8 +99,13 @@ def make_rows(
                 "speedup": speedup,
                 "predicted_speedup": predicted,
                 "prediction_error": prediction_error(predicted, speedup) if config.mode != "none" else None,
-                "ms_per_round": stats.decode_seconds / max(stats.rounds, 1) * 1e3,
-                "predicted_ms_per_round": predicted_ms,
+                # Where the time of a round went, as measured and as predicted.
+                "ms_per_round": stats.decode_seconds * per_round,
+                "predicted_ms_per_round": parts.total * per_round if parts else None,
+                "target_ms_per_round": stats.target_seconds * per_round,
+                "predicted_target_ms_per_round": parts.target * per_round if parts else None,
+                "draft_ms_per_round": stats.draft_seconds * per_round,
+                "predicted_draft_ms_per_round": parts.draft * per_round if parts else None,
                 "target_ms": stats.target_seconds * 1e3,
                 "draft_ms": stats.draft_seconds * 1e3,
                 "chat_template": chat_template,
