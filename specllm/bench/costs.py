@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from .. import llama
-from ..auto import CostModel, best_draft_length, time_batches
+from ..auto import best_draft_length, time_batches
 from ..stats import SpecStats
 
 TIMING_REPEATS = 5  # timings per batch size; the median is kept
@@ -55,8 +55,15 @@ class MeasuredCosts:
     overhead: float = 0.0  # seconds per round outside the decodes (o)
 
     def target_time(self, n: int) -> float:
-        # CostModel's lookup: an unmeasured batch size costs as the next larger measured one.
-        return CostModel(target=self.target).target_time(n)
+        """T(n); an unmeasured size costs as the next larger measured one (pessimistic), or
+        grows in proportion beyond the largest."""
+        if n in self.target or not self.target:
+            return self.target.get(n, 0.0)
+        larger = [m for m in self.target if m > n]
+        if larger:
+            return self.target[min(larger)]
+        top = max(self.target)
+        return self.target[top] * n / top
 
     def draft_time(self, draft: Optional[str]) -> float:
         return self.draft.get(draft, 0.0) if draft else 0.0

@@ -225,7 +225,7 @@ class Bench:
     def _forget_learning(self) -> None:
         """Auto mode starts each group as a new run would (the cost profile and verdicts kept)."""
         for engine in self.engines.values():
-            if hasattr(engine, "learned"):
+            if getattr(engine, "learned", None) is not None:  # auto mode has run on it
                 engine.forget_learning()
 
     def _measure_costs(self, prompts: Sequence[PreparedPrompt], plain: SpecStats, runs: int) -> MeasuredCosts:
