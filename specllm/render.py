@@ -105,7 +105,8 @@ class LivePanel:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         partial = self.screen.partial if self.screen else ""
-        yield live_view(self.stats, _tail(partial, options.max_width * PARTIAL_ROWS_SHOWN))
+        # A row's worth of slack: word wrapping may need one row more than the characters do.
+        yield live_view(self.stats, _tail(partial, options.max_width * (PARTIAL_ROWS_SHOWN - 1)))
 
 
 class LiveDisplay:

@@ -9,6 +9,7 @@ the panel gone and the summary below the text.
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import pty
 import select
@@ -20,6 +21,10 @@ import time
 from pathlib import Path
 
 import pytest
+from rich.console import Console
+
+from specllm.render import PARTIAL_ROWS_SHOWN, LivePanel, SharedScreen
+from specllm.stats import SpecStats
 
 pyte = pytest.importorskip("pyte", reason="the terminal tests need pyte (pip install 'specllm[test]')")
 
@@ -119,3 +124,33 @@ def test_an_unfinished_last_line_is_on_the_screen_once(tiny, tmp_path):
 def test_many_lines_and_plain_decoding_show_each_line_once(tiny, tmp_path):
     text = check_screen(tiny, tmp_path, "--mode", "none", "-n", "120")
     assert text.strip()
+
+
+# -- the pieces, without a terminal ---------------------------------------------------------------
+
+
+def test_the_screen_prints_finished_lines_above_the_panel_and_the_rest_once_released(capsys):
+    console = Console(file=io.StringIO(), width=COLUMNS, force_terminal=True, color_system=None)
+    screen = SharedScreen(console)
+    screen.write("first line\nsecond")
+    screen.write(" half")
+    assert console.file.getvalue() == "first line\n" and screen.partial == "second half"
+    screen.release()
+    screen.write("\n")  # what generate writes after the panel closes, so the summary starts a line
+    assert capsys.readouterr().out == "second half\n"
+    assert screen.partial == "" and console.file.getvalue() == "first line\n"
+
+
+def test_the_panel_shows_the_end_of_a_long_unfinished_line():
+    """rich can erase only what fits on the screen: the panel stays a few rows high."""
+    def panel_rows(partial: str) -> list[str]:
+        screen = SharedScreen(Console(file=io.StringIO()))
+        screen.write(partial)
+        console = Console(file=io.StringIO(), width=40, force_terminal=True, color_system=None)
+        console.print(LivePanel(SpecStats(mode="ngram", k=4), screen))
+        return console.file.getvalue().splitlines()
+
+    without, short, long = panel_rows(""), panel_rows("def add("), panel_rows("word " * 400)
+    assert short[0] == "def add(" and len(short) == len(without) + 1
+    assert long[0].startswith("…") and long[-len(without):] == without
+    assert len(long) - len(without) <= PARTIAL_ROWS_SHOWN
