@@ -5,15 +5,16 @@ plus half the tokens generated; a decode's cost grows with the cache it attends 
 
 - T(n), the target's time for one decode of n tokens, and t_d, a draft model's for one token
   (medians of repeated timings: the runs meet a busy machine's slow spells too);
-- o, the loop's own work per round (verification, bookkeeping, emitting), from the plain runs:
-  their time per round beyond T(1).
+- from the plain runs of the same prompts: s, their one-token decodes' time over the timed
+  T(1) (a machine busier or quieter during the runs than while timing scales every decode),
+  and o, the loop's own work per round outside the decodes (bookkeeping, emitting).
 
-Every round of a run is priced by what it drafted: j drafted tokens cost T(j+1) + o, plus, for
-a draft model, j draft decodes, and one more in the next round when all j were accepted (the
-draft never decoded its own last token). n-gram lookups cost nothing. Plain decoding costs
-T(1) + o a token, so
+Every round of a run is priced by what it drafted: j drafted tokens cost s T(j+1) + o, plus,
+for a draft model, j draft decodes of s t_d, and one more in the next round when all j were
+accepted (the draft never decoded its own last token). n-gram lookups cost nothing. Plain
+decoding costs s T(1) + o a token (what the plain runs took), so
 
-    predicted speedup = tokens * (T(1) + o) / sum over rounds of their costs
+    predicted speedup = tokens * (s T(1) + o) / sum over rounds of their costs
 
 Pricing the rounds as they were, rather than "every round drafts k", keeps rounds that drafted
 nothing or less than k (a match near the end of the history, the last tokens before -n) from
@@ -22,7 +23,7 @@ measured costs explain the measured speed.
 
 For a k that was not run, a round of k drafts is expected to emit E(k) = 1 + sum_j prod_{i<=j}
 alpha_i tokens (auto.expected_tokens), alpha_i being the chance that draft i is accepted once
-the ones before it were, for T(k+1) + o + (k + prod_{i<=k} alpha_i) t_d; the best k maximises
+the ones before it were, for s (T(k+1) + (k + prod_{i<=k} alpha_i) t_d) + o; the best k maximises
 their ratio (auto.best_draft_length).
 """
 
@@ -50,34 +51,48 @@ class MeasuredCosts:
     """What one decode costs at one cache depth, and the loop's own work per round."""
 
     depth: int  # tokens in the cache while timing
-    target: dict[int, float] = field(default_factory=dict)  # seconds per decode, by batch size
-    draft: dict[str, float] = field(default_factory=dict)  # seconds per token, by draft name
-    overhead: float = 0.0  # seconds per round outside the decodes (o)
+    target: dict[int, float] = field(default_factory=dict)  # seconds per decode, by batch size, as timed
+    draft: dict[str, float] = field(default_factory=dict)  # seconds per token, by draft name, as timed
+    speed: float = 1.0  # s: how much longer decodes took during the runs than when timed (calibrate)
+    overhead: float = 0.0  # o: seconds per round outside the decodes
 
     def target_time(self, n: int) -> float:
-        """T(n); an unmeasured size costs as the next larger measured one (pessimistic), or
-        grows in proportion beyond the largest."""
+        """s T(n); an unmeasured size costs as the next larger timed one (pessimistic), or grows
+        in proportion beyond the largest."""
         if n in self.target or not self.target:
-            return self.target.get(n, 0.0)
+            return self.speed * self.target.get(n, 0.0)
         larger = [m for m in self.target if m > n]
         if larger:
-            return self.target[min(larger)]
+            return self.speed * self.target[min(larger)]
         top = max(self.target)
-        return self.target[top] * n / top
+        return self.speed * self.target[top] * n / top
 
     def draft_time(self, draft: Optional[str]) -> float:
-        return self.draft.get(draft, 0.0) if draft else 0.0
+        return self.speed * self.draft.get(draft, 0.0) if draft else 0.0
 
     @property
     def plain_seconds(self) -> float:
-        """One token of plain decoding: T(1) + o."""
+        """One token of plain decoding: s T(1) + o."""
         return self.target_time(1) + self.overhead
+
+    def calibrate(self, plain: SpecStats) -> None:
+        """s and o from the plain runs: their one-token target decodes against the timed T(1)
+        (the machine's pace during the runs), and their time a round outside any decode."""
+        if not plain.rounds:
+            return
+        timed_t1 = self.target.get(1, 0.0)
+        in_run_t1 = plain.target_seconds / plain.rounds
+        if timed_t1 > 0 and in_run_t1 > 0:
+            self.speed = in_run_t1 / timed_t1
+        outside = plain.decode_seconds - plain.target_seconds - plain.draft_seconds
+        self.overhead = max(outside / plain.rounds, 0.0)
 
     def to_dict(self) -> dict:
         return {
             "depth": self.depth,
             "target_ms": {str(n): s * 1e3 for n, s in sorted(self.target.items())},
             "draft_ms_per_token": {name: s * 1e3 for name, s in self.draft.items()},
+            "speed": self.speed,
             "overhead_ms_per_round": self.overhead * 1e3,
         }
 
@@ -102,13 +117,6 @@ def timing_depth(plain: SpecStats, runs: int) -> int:
     if runs <= 0:
         return 0
     return round((plain.prompt_tokens + plain.generated / 2) / runs)
-
-
-def loop_overhead(plain: SpecStats, t1: float) -> float:
-    """o: the plain runs' time per round beyond one decode of one token."""
-    if not plain.rounds:
-        return 0.0
-    return max(plain.decode_seconds / plain.rounds - t1, 0.0)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from ..options import MODES
 from ..prompts import BenchPrompt
 from ..sampling import SamplingParams
 from ..stats import SpecStats
-from .costs import MeasuredCosts, loop_overhead, measure_decodes, timing_depth
+from .costs import MeasuredCosts, measure_decodes, timing_depth
 from .padding import PreparedPrompt, filler_for, pad_to_length
 from .results import BenchResult, GroupKey, Totals, make_rows, model_best_ks, refused_row
 from .sweep import ALL_CATEGORIES, DEFAULT_KS, BenchConfig, sweep
@@ -229,8 +229,8 @@ class Bench:
                 engine.forget_learning()
 
     def _measure_costs(self, prompts: Sequence[PreparedPrompt], plain: SpecStats, runs: int) -> MeasuredCosts:
-        """T(1..K+1), each draft's per-token time and the loop's overhead, with the caches at the
-        group's mean depth while generating."""
+        """T(1..K+1) and each draft's per-token time, with the caches at the group's mean depth
+        while generating; the machine's pace and the loop's overhead from the plain runs."""
         depth = max(timing_depth(plain, runs), 1)
         text = [t for p in prompts for t in p.tokens]
         cached = (text * (1 + depth // len(text)))[:depth]  # the group's own tokens, as deep as it generated
@@ -247,7 +247,7 @@ class Bench:
             per_token = measure_decodes(engine.draft, draft_cached, (1,)).get(1)
             if per_token:
                 costs.draft[name] = per_token
-        costs.overhead = loop_overhead(plain, costs.target_time(1))
+        costs.calibrate(plain)
         return costs
 
     def close(self) -> None:

@@ -259,7 +259,8 @@ def _costs_caption(costs: dict) -> str:
     drafts = ", ".join(f"{short_name(name)} {ms:.1f} ms" for name, ms in costs["draft_ms_per_token"].items())
     return (f"at ~{costs['depth']} cached tokens: target ms per decode by batch size {target}"
             + (f"; draft per token: {drafts}" if drafts else "")
-            + f"; loop {costs['overhead_ms_per_round']:.1f} ms per round. error = predicted / measured - 1")
+            + f"; the runs' decodes took {costs['speed']:.2f}× that, and the loop {costs['overhead_ms_per_round']:.2f} ms "
+            "a round. error = predicted / measured - 1")
 
 
 def best_k_lines(result: BenchResult) -> Sequence[str]:
