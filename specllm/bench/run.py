@@ -78,7 +78,8 @@ class Bench:
             self.close()
             raise
 
-    def _engine(self, draft: Optional[str]) -> Engine:
+    def _engine(self, draft: Optional[str], name: Optional[str] = None) -> Engine:
+        """An engine on the target, with this draft (a path; `name` in messages) or none."""
         s = self.settings
         if draft is not None:
             mode = "auto" if "auto" in s.modes else "draft"
@@ -92,7 +93,6 @@ class Bench:
             if draft is None:
                 e.hint = "use --modes none"
             raise
-        name = Path(draft).name if draft else None
         self.warnings += [f"{name}: {w}" if name else w for w in warnings]
         return engine
 
@@ -101,7 +101,7 @@ class Bench:
         while name in self.refused or name in self.engines:
             name += "'"  # the same file name twice: keep the rows apart
         try:
-            engine = self._engine(path)
+            engine = self._engine(path, name)
         except IncompatibleModelsError as e:
             self.refused[name] = e.message
             return
