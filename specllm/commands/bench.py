@@ -14,9 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import llama
-from ..bench import (
-    ALL_CATEGORIES, BenchResult, BenchSettings, result_json, run_bench, short_name, write_csv,
-)
+from ..bench import ALL_CATEGORIES, BenchResult, BenchSettings, result_json, run_bench, short_name, write_csv
 from ..console import reported_errors, stderr, warn
 from ..errors import UsageError
 from ..prompts import BUILTIN_PROMPTS, load_prompts, select_prompts
