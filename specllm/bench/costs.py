@@ -123,7 +123,7 @@ def timing_depth(plain: SpecStats, runs: int) -> int:
 class RoundCosts:
     """Seconds a run's rounds should have cost, by where they go."""
 
-    target: float = 0.0  # target decodes, T(j+1) a round
+    target: float = 0.0  # target decodes, s T(j+1) a round
     draft: float = 0.0  # drafting: draft-model decodes, or what drafting through text measured
     loop: float = 0.0  # o a round
 
@@ -154,7 +154,7 @@ def predicted_seconds(stats: SpecStats, costs: MeasuredCosts, draft: Optional[st
 
 
 def predicted_speedup(stats: SpecStats, costs: MeasuredCosts, draft: Optional[str] = None) -> Optional[float]:
-    """The run's tokens at its predicted cost, against plain decoding's T(1) + o per token."""
+    """The run's tokens at its predicted cost, against plain decoding's s T(1) + o per token."""
     seconds = predicted_seconds(stats, costs, draft)
     if seconds <= 0 or costs.plain_seconds <= 0:
         return None
@@ -180,7 +180,7 @@ def conditional_acceptance(per_position: Sequence[float]) -> list[float]:
 
 def expected_round_seconds(k: int, per_position: Sequence[float], costs: MeasuredCosts,
                            draft: Optional[str]) -> float:
-    """A round of k drafts: T(k+1) + o + (k + P(all k accepted)) t_d."""
+    """A round of k drafts: s T(k+1) + o + (k + P(all k accepted)) s t_d."""
     all_accepted = per_position[k - 1] if 0 < k <= len(per_position) else 0.0
     drafting = (k + all_accepted) * costs.draft_time(draft) if k else 0.0
     return costs.target_time(k + 1) + costs.overhead + drafting
