@@ -136,6 +136,9 @@ def _import_server():
     return uvicorn, create_app, ServerState, Server
 
 
+SOCKET_BACKLOG = 128  # connections the kernel holds while the server starts or is busy
+
+
 def bind_socket(host: str, port: int) -> socket.socket:
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
@@ -150,6 +153,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}",
                          hint="pick another --port, or stop the program that uses it") from None
+    # Listening now: a client that connects once "serving" is printed waits in the backlog
+    # until the server loop accepts, instead of being refused.
+    sock.listen(SOCKET_BACKLOG)
     return sock
 
 
