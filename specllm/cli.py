@@ -9,7 +9,7 @@ import typer
 from typer.exceptions import TyperException
 
 from . import __version__
-from .commands import bench, check, generate, models, rpc_server
+from .commands import bench, check, generate, models, rpc_server, serve
 from .console import EXIT_INTERRUPTED, print_error
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.command(name="check")(check.check)
 app.add_typer(models.app, name="models")
 app.command(name="bench")(bench.bench)
 app.command(name="rpc-server")(rpc_server.rpc_server)
+app.command(name="serve")(serve.serve)
 
 
 def _show_version(value: bool) -> None:

@@ -210,7 +210,8 @@ class Engine:
             ",".join(cfg.rpc) or "local",
         ))
         self._profile_key = key
-        max_batch = min(max(cfg.k, AUTO_DEFAULT_K) + 1, self.target.n_batch)
+        # Sizes above k + 1 come from the fitted curve if a request ever asks for more.
+        max_batch = min(cfg.k + 1, self.target.n_batch)
         if self.costs.load(cost_profile_path(), key):
             # The saved profile is a prior; this machine's speed now is measured, not assumed.
             self.costs.measure_speed(self.target)

@@ -280,17 +280,24 @@ class Model:
 
     def apply_chat_template(self, user_message: str) -> str:
         """Wrap one user message in the model's chat template, ready for the assistant's answer."""
+        return self.render_chat([("user", user_message)])
+
+    def render_chat(self, messages: Sequence[tuple[str, str]]) -> str:
+        """(role, content) messages rendered with the model's chat template, ready for the
+        assistant's answer (the server's chat requests; one user message is `--chat`)."""
         template = C.llama_model_chat_template(self._ptr, None)
         if not template:
             raise ModelLoadError(f"{self.name} has no chat template; drop --chat")
-        message = (C.llama_chat_message * 1)()
-        content = user_message.encode("utf-8")
-        message[0].role = b"user"
-        message[0].content = content
-        capacity = 2 * len(content) + 1024
+        array = (C.llama_chat_message * len(messages))()
+        # The encoded strings must outlive the call: the structs only point at them.
+        encoded = [(role.encode("utf-8"), content.encode("utf-8")) for role, content in messages]
+        for slot, (role, content) in zip(array, encoded):
+            slot.role = role
+            slot.content = content
+        capacity = 2 * sum(len(c) + len(r) for r, c in encoded) + 1024
         while True:
             buf = ctypes.create_string_buffer(capacity)
-            n = C.llama_chat_apply_template(template, message, 1, True, buf, capacity)
+            n = C.llama_chat_apply_template(template, array, len(messages), True, buf, capacity)
             if n < 0:
                 raise ModelLoadError(f"{self.name}: llama.cpp does not support its chat template; drop --chat")
             if n <= capacity:

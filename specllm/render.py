@@ -7,7 +7,7 @@ import sys
 import time
 from typing import TextIO
 
-from rich.console import Console, Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -18,6 +18,7 @@ from .stats import SpecStats
 LOW_ACCEPTANCE = 0.5
 MIN_DRAFTED_FOR_WARNING = 16
 LIVE_REFRESH_SECONDS = 0.1
+PARTIAL_ROWS_SHOWN = 3  # of an unfinished line longer than the terminal is wide, the display shows its end
 
 
 class TextStream:
@@ -61,21 +62,51 @@ class SharedScreen:
 
     rich redraws its live display below the cursor, so text written straight to the terminal
     would be drawn over. Finished lines are printed above the display instead, and the line
-    still being written is shown at the top of it (`partial`) until it is finished.
+    still being written is shown at the top of it (`partial`) until it is finished. Once the
+    display is gone (`release`), the partial line and everything after it go to stdout as
+    they are: the partial line must reach the screen exactly once.
     """
 
     def __init__(self, console: Console):
         self._console = console
         self.partial = ""
+        self._released = False
 
     def write(self, text: str) -> int:
+        if self._released:
+            sys.stdout.write(text)
+            return len(text)
         *lines, self.partial = (self.partial + text).split("\n")
         if lines:
             self._console.print(Text("\n".join(lines)), soft_wrap=True)
         return len(text)
 
     def flush(self) -> None:
-        pass  # the partial line is drawn with the display
+        if self._released:
+            sys.stdout.flush()
+        # Before that the partial line is drawn with the display.
+
+    def release(self) -> None:
+        """The display is gone: print the unfinished line where the text goes, then pass through."""
+        self._released = True
+        partial, self.partial = self.partial, ""
+        if partial:
+            sys.stdout.write(partial)
+            sys.stdout.flush()
+
+
+class LivePanel:
+    """What the live display shows, read when rich draws it (on a refresh, and after every line
+    printed above it), so that it never shows an older partial line than the screen has."""
+
+    def __init__(self, stats: SpecStats, screen: SharedScreen | None):
+        self.stats = stats
+        self.screen = screen
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        partial = self.screen.partial if self.screen else ""
+        # A row's worth of slack: word wrapping may need one row more than the characters do.
+        yield live_view(self.stats, _tail(partial, options.max_width * (PARTIAL_ROWS_SHOWN - 1)))
 
 
 class LiveDisplay:
@@ -83,10 +114,10 @@ class LiveDisplay:
 
     def __init__(self, stats: SpecStats):
         self.stats = stats
-        # No redirection: rich would send stdout's writes to the stderr console, text and all.
-        self._live = Live(console=stderr, transient=True, auto_refresh=False, redirect_stdout=False,
-                          redirect_stderr=False)
         self.screen = SharedScreen(stderr) if _is_terminal(sys.stdout) else None
+        # No redirection: rich would send stdout's writes to the stderr console, text and all.
+        self._live = Live(LivePanel(stats, self.screen), console=stderr, transient=True, auto_refresh=False,
+                          redirect_stdout=False, redirect_stderr=False)
         self._last_refresh = 0.0
 
     @staticmethod
@@ -101,16 +132,19 @@ class LiveDisplay:
         """Redraw, at most every LIVE_REFRESH_SECONDS: drawing is slower than a tiny model's token."""
         now = time.monotonic()
         if now - self._last_refresh > LIVE_REFRESH_SECONDS:
-            partial = self.screen.partial if self.screen else ""
-            self._live.update(live_view(self.stats, partial), refresh=True)
+            self._live.refresh()
             self._last_refresh = now
 
     def __exit__(self, *exc) -> None:
-        self._live.stop()
-        if self.screen and self.screen.partial:
-            # The display is gone: the unfinished last line goes where the text goes.
-            sys.stdout.write(self.screen.partial)
-            sys.stdout.flush()
+        self._live.stop()  # transient: erases the display, partial line included
+        if self.screen:
+            self.screen.release()
+
+
+def _tail(text: str, limit: int) -> str:
+    """The end of a long unfinished line: the display must stay shorter than the terminal, or
+    rich cannot erase all of it."""
+    return text if len(text) <= limit else "…" + text[-(limit - 1):]
 
 
 def _is_terminal(stream: TextIO) -> bool:

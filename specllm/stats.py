@@ -15,6 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# One round as the loop records it: (drafter, drafted, accepted, emitted). Runs keep a count per
+# shape, so that pooled runs (bench) are recorded through `record_round` too, and a cost model
+# can price each round by what it drafted.
+RoundShape = tuple[str, int, int, int]
+
 
 @dataclass
 class SpecStats:
@@ -32,8 +37,11 @@ class SpecStats:
     decode_seconds: float = 0.0
     target_seconds: float = 0.0  # target decodes during generation (verification)
     draft_seconds: float = 0.0  # drafting, model and n-gram
+    round_shapes: dict[RoundShape, int] = field(default_factory=dict)
 
     def record_round(self, source: str, n_drafted: int, n_accepted: int, n_emitted: int) -> None:
+        shape = (source, n_drafted, n_accepted, n_emitted)
+        self.round_shapes[shape] = self.round_shapes.get(shape, 0) + 1
         self.rounds += 1
         self.generated += n_emitted
         self.drafted += n_drafted
@@ -46,6 +54,17 @@ class SpecStats:
             self.drafted_at[i] += 1
             if i < n_accepted:
                 self.accepted_at[i] += 1
+
+    def add(self, other: "SpecStats") -> None:
+        """Pool another run into this one: its rounds (recorded again) and its times."""
+        for shape, count in other.round_shapes.items():
+            for _ in range(count):
+                self.record_round(*shape)
+        self.prompt_tokens += other.prompt_tokens
+        self.prompt_seconds += other.prompt_seconds
+        self.decode_seconds += other.decode_seconds
+        self.target_seconds += other.target_seconds
+        self.draft_seconds += other.draft_seconds
 
     @property
     def acceptance_rate(self) -> float:

@@ -223,11 +223,24 @@ def test_a_3x_poisoned_shape_heals_within_a_few_dozen_rounds(tmp_path):
     poisoned.save(path, "key")
     costs = CostModel()
     costs.load(path, "key")
-    costs.observe_target(1, 0.090)  # the engine measures T(1) at load
+    for n in (1, 3, 9):  # what the engine times when it loads a profile (LOAD_CHECK_SIZES)
+        costs.observe_target(n, true_cpu_seconds(n))
+    assert costs.ratio(64) == pytest.approx(1358 / 90, rel=0.15)  # rescaled before the first round
     policy = AutoPolicy([ScriptedLookup(list(range(100)), 12)], None, max_k=64, costs=costs)
     drafts = run_rounds(policy, 40, seconds=true_cpu_seconds)
     assert costs.ratio(64) == pytest.approx(1358 / 90, rel=0.15)
     assert sum(len(d) for d in drafts[-10:]) / 10 >= 16
+
+
+def test_a_near_paying_draft_probes_an_unmeasured_size():
+    costs = cpu_costs()
+    for point in costs.shape.values():
+        point.fresh = 0  # all from a saved profile
+    costs.shape[2].ratio *= 1.3  # and T(2) a bit too high: a 1-token draft looks not worth it
+    policy = AutoPolicy([ScriptedLookup([5], 10)], None, max_k=64, costs=costs)
+    drafts = run_rounds(policy, 12, seconds=true_cpu_seconds)
+    assert [len(d) for d in drafts].count(1) >= 1
+    assert costs.shape[2].fresh and costs.ratio(2) == pytest.approx(133 / 90)
 
 
 def test_a_stale_plain_speed_is_refreshed_by_a_forced_plain_round():

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import pytest
 import typer
 from typer.testing import CliRunner
 
-from specllm.auto import CostModel
 from specllm.bench import (
-    ALL_CATEGORIES, ROW_FIELDS, Bench, BenchConfig, BenchSettings, MeasuredCosts, Totals, add_stats,
-    best_k_by_model, conditional_acceptance, make_rows, model_best_ks, predicted_speedup, refused_row, sweep,
-    write_csv,
+    ALL_CATEGORIES, PROMPT_MARK, ROW_FIELDS, Bench, BenchConfig, BenchSettings, MeasuredCosts, Totals,
+    best_k_by_model, conditional_acceptance, make_rows, model_best_ks, predicted_speedup, prediction_error,
+    refused_row, sweep, write_csv,
 )
+from specllm.bench.costs import expected_round_seconds, predicted_seconds, timing_depth
+from specllm.engine import Engine, EngineConfig, Request
 from specllm.prompts import BenchPrompt, load_prompts, parse_prompts, select_prompts
 from specllm.commands.bench import bench, parse_int_list, parse_modes
 from specllm.errors import UsageError
@@ -62,8 +64,8 @@ def test_option_lists_are_parsed_sorted_and_checked():
     for bad in ("", "2,x", "0,2", "2,33"):
         with pytest.raises(UsageError):
             parse_int_list(bad, "--k", low=1, high=32)
-    assert parse_modes("draft") == ("none", "draft")  # the baseline always runs
-    assert parse_modes("auto,ngram") == ("none", "ngram", "auto")
+    assert set(parse_modes("draft")) == {"none", "draft"}  # the baseline always runs
+    assert set(parse_modes("auto,ngram")) == {"none", "ngram", "auto"}
     with pytest.raises(UsageError, match="fast"):
         parse_modes("ngram,fast")
 
@@ -71,9 +73,21 @@ def test_option_lists_are_parsed_sorted_and_checked():
 # -- the cost model (hand-computed values) -------------------------------------------------------
 
 
-def costs(target_ms: dict[int, float], draft_ms: float | None = None) -> CostModel:
-    return CostModel(target={n: ms / 1e3 for n, ms in target_ms.items()},
-                     draft={1: draft_ms / 1e3} if draft_ms is not None else {})
+def costs(target_ms: dict[int, float], draft_ms: float | None = None, overhead_ms: float = 0.0,
+          draft: str = "d.gguf") -> MeasuredCosts:
+    return MeasuredCosts(depth=100, target={n: ms / 1e3 for n, ms in target_ms.items()},
+                         draft={draft: draft_ms / 1e3} if draft_ms is not None else {}, overhead=overhead_ms / 1e3)
+
+
+def stats_of(rounds: list[tuple[int, int]], seconds: float = 1.0, mode: str = "draft", source: str = "model",
+             prompt_tokens: int = 20) -> SpecStats:
+    """A run of rounds (drafted, accepted), each emitting accepted + 1 tokens."""
+    s = SpecStats(mode=mode, prompt_tokens=prompt_tokens)
+    for drafted, accepted in rounds:
+        s.record_round(source if drafted else "none", drafted, accepted, accepted + 1)
+    s.decode_seconds = seconds
+    s.target_seconds = seconds * 0.8
+    return s
 
 
 def test_conditional_acceptance_undoes_the_running_product():
@@ -82,58 +96,135 @@ def test_conditional_acceptance_undoes_the_running_product():
     assert conditional_acceptance([]) == []
 
 
-def test_predicted_speedup_is_expected_tokens_over_round_cost():
-    # alphas 0.8, 0.75: E(2) = 1 + 0.8 + 0.6 = 2.4; a round costs 2 * 2 + T(3) = 18 ms; plain 1 per 10 ms.
-    model = costs({1: 10.0, 2: 12.0, 3: 14.0}, draft_ms=2.0)
-    assert predicted_speedup([0.8, 0.6], 2, model) == pytest.approx(10 * 2.4 / 18)
-    # Half the rounds draft: tokens 1 + 0.5 * 1.4 = 1.7 per round, cost 0.5 * 10 + 0.5 * 18 = 14 ms.
-    assert predicted_speedup([0.8, 0.6], 2, model, draft_share=0.5) == pytest.approx(10 * 1.7 / 14)
-    # n-gram drafts cost nothing to make: 10 * 2.4 / 14.
-    assert predicted_speedup([0.8, 0.6], 2, costs({1: 10.0, 3: 14.0})) == pytest.approx(10 * 2.4 / 14)
-    # k = 1 only uses the first position: E(1) = 1.8, cost 2 + 12 = 14 ms.
-    assert predicted_speedup([0.8, 0.6], 1, model) == pytest.approx(10 * 1.8 / 14)
+def test_each_round_is_priced_by_what_it_drafted():
+    model = costs({1: 10.0, 2: 12.0, 3: 14.0}, draft_ms=2.0, overhead_ms=1.0)
+    # A draft round of 2, one accepted: T(3) + o + 2 draft decodes = 14 + 1 + 4 ms.
+    assert predicted_seconds(stats_of([(2, 1)]), model, "d.gguf") == pytest.approx(0.019)
+    # All 2 accepted: the next round first decodes the last draft token: one draft decode more.
+    assert predicted_seconds(stats_of([(2, 2)]), model, "d.gguf") == pytest.approx(0.021)
+    # A round that drafted nothing: T(1) + o. A draft of 1: T(2) + o + 1 decode.
+    assert predicted_seconds(stats_of([(0, 0), (1, 0)]), model, "d.gguf") == pytest.approx(0.011 + 0.015)
+    # n-gram drafts cost nothing to make: T(3) + o.
+    assert predicted_seconds(stats_of([(2, 2)], source="ngram"), model, None) == pytest.approx(0.015)
+
+
+def test_predicted_speedup_is_tokens_at_the_predicted_cost_against_plain_decoding():
+    model = costs({1: 10.0, 2: 12.0, 3: 14.0}, draft_ms=2.0, overhead_ms=1.0)
+    run = stats_of([(2, 2), (2, 1), (2, 0), (0, 0)])  # 3 + 2 + 1 + 1 = 7 tokens
+    seconds = (14 + 1 + 6) + (14 + 1 + 4) * 2 + (10 + 1)  # ms
+    assert run.generated == 7
+    assert predicted_speedup(run, model, "d.gguf") == pytest.approx(7 * 11 / seconds)
+    assert prediction_error(1.1, 1.0) == pytest.approx(0.1)
+    assert prediction_error(None, 1.0) is None and prediction_error(1.0, None) is None
+
+
+def test_the_machines_pace_the_overhead_and_the_depth_come_from_the_plain_runs():
+    plain = stats_of([(0, 0)] * 100, seconds=1.2, mode="none", prompt_tokens=300)  # 12 ms a round
+    plain.target_seconds = 1.1  # 11 ms of it in the target's decode
+    measured = MeasuredCosts(depth=200, target={1: 0.010, 2: 0.015}, draft={"d.gguf": 0.004})
+    measured.calibrate(plain)
+    assert measured.speed == pytest.approx(1.1)  # decodes took 10% longer during the runs than when timed
+    assert measured.overhead == pytest.approx(0.001)
+    assert measured.target_time(2) == pytest.approx(0.0165) and measured.draft_time("d.gguf") == pytest.approx(0.0044)
+    assert measured.plain_seconds == pytest.approx(0.012)  # exactly what a plain round took
+    untouched = MeasuredCosts(depth=1, target={1: 0.01})
+    untouched.calibrate(SpecStats())
+    assert (untouched.speed, untouched.overhead) == (1.0, 0.0)
+    # Two pooled runs of 150-token prompts and 50 tokens each: the cache held 175 tokens on average.
+    assert timing_depth(plain, runs=2) == 175
+
+
+def simulated_run(rounds: list[tuple[str, int, int]], t: dict[int, float], t_d: float, o: float,
+                  speed: float = 1.0) -> SpecStats:
+    """A run whose decodes cost exactly speed * T(n) and speed * t_d, and o a round on top, drafts
+    decoded as ModelDrafter does (k decodes, one more after a round whose drafts all stood)."""
+    stats = SpecStats(mode="draft", prompt_tokens=50)
+    catch_up = 0
+    for source, drafted, accepted in rounds:
+        model = source == "model"
+        stats.target_seconds += speed * t[drafted + 1]
+        stats.draft_seconds += speed * (drafted + catch_up) * t_d * model
+        stats.decode_seconds += o
+        catch_up = int(model and drafted > 0 and accepted == drafted)
+        stats.record_round(source, drafted, accepted, accepted + 1)
+    stats.decode_seconds += stats.target_seconds + stats.draft_seconds
+    return stats
+
+
+def test_a_run_costing_what_the_model_says_is_predicted_exactly():
+    """Runs whose decodes cost what was measured are predicted exactly, however their rounds
+    drafted, and when the machine ran slower during the runs than while timing; the old formula
+    ("every drafting round drafts k", no loop overhead, no catch-up decode) was not. Scripted
+    numbers of the kind measured on a 2-core CPU (ms)."""
+    t = {1: 70.0, 2: 85.0, 3: 100.0, 4: 117.0, 5: 133.0}
+    o, speed = 14.0, 1.15
+    plain = simulated_run([("none", 0, 0)] * 50, t, 0.0, o, speed)
+    base_rate = plain.tokens_per_second
+    # n-gram k=4: many rounds find no match, and matches near the end of the history run out early.
+    ngram = simulated_run([("ngram", 4, 4)] * 10 + [("ngram", 2, 2)] * 10 + [("ngram", 1, 0)] * 8
+                          + [("none", 0, 0)] * 10, t, 0.0, o, speed)
+    # A 32 ms draft model at k=2 and k=4.
+    draft2 = simulated_run([("model", 2, 2)] * 12 + [("model", 2, 1)] * 8 + [("model", 2, 0)] * 6, t, 32.0, o,
+                           speed)
+    draft4 = simulated_run([("model", 4, 4)] * 6 + [("model", 4, 2)] * 8 + [("model", 4, 1)] * 6
+                           + [("model", 4, 0)] * 6, t, 32.0, o, speed)
+
+    model = MeasuredCosts(depth=100, target=dict(t), draft={"d.gguf": 32.0})
+    model.calibrate(plain)
+    assert (model.speed, model.overhead) == (pytest.approx(speed), pytest.approx(o))
+
+    def old_formula(run: SpecStats, k: int, t_d: float) -> float:
+        f = run.drafted_at[0] / run.rounds
+        e = 1 + sum(run.per_position_acceptance[:k])
+        return t[1] * (1 + f * (e - 1)) / ((1 - f) * t[1] + f * (k * t_d + t[k + 1]))
+
+    errors_before = []
+    for run, k, draft in ((ngram, 4, None), (draft2, 2, "d.gguf"), (draft4, 4, "d.gguf")):
+        measured = run.tokens_per_second / base_rate
+        assert predicted_speedup(run, model, draft) == pytest.approx(measured)
+        errors_before.append(old_formula(run, k, 32.0 if draft else 0.0) / measured - 1)
+    assert errors_before[0] > 0.15  # short and missing n-gram drafts: tokens over-counted
+    assert errors_before[2] < -0.05  # the loop's overhead, paid by every round, left out
 
 
 def test_best_k_by_model_weighs_acceptance_against_cost():
     per_position = [0.9, 0.81, 0.729]  # alpha = 0.9 at every position
-    # E(k) = 1, 1.9, 2.71, 3.439; cost(k) = k * 1 + T(k+1) = 10, 12, 14, 16 ms: k = 3 is best.
-    k, speedup = best_k_by_model(per_position, costs({1: 10, 2: 11, 3: 12, 4: 13}, draft_ms=1.0), max_k=3)
+    model = costs({1: 10, 2: 11, 3: 12, 4: 13}, draft_ms=1.0)
+    # E(k) = 1, 1.9, 2.71, 3.439; cost(k) = T(k+1) + (k + P(all k accepted)) * 1 ms = 10, 12.9, 14.81, 16.729.
+    assert expected_round_seconds(3, per_position, model, "d.gguf") == pytest.approx(0.016729)
+    k, speedup = best_k_by_model(per_position, model, "d.gguf", max_k=3)
     assert k == 3
-    assert speedup == pytest.approx(10 * 3.439 / 16)
+    assert speedup == pytest.approx(10 * 3.439 / 16.729)
+    # The loop's overhead is paid once a round, by plain decoding too.
+    slow_loop = costs({1: 10, 2: 11, 3: 12, 4: 13}, draft_ms=1.0, overhead_ms=5.0)
+    assert best_k_by_model(per_position, slow_loop, "d.gguf", max_k=3)[1] == pytest.approx(15 * 3.439 / 21.729)
     # The same acceptance with a draft as slow as the target: drafting never pays.
-    assert best_k_by_model(per_position, costs({1: 10, 2: 11, 3: 12, 4: 13}, draft_ms=10.0), max_k=3) == (0, 1.0)
+    assert best_k_by_model(per_position, costs({1: 10, 2: 11, 3: 12, 4: 13}, draft_ms=10.0), "d.gguf", 3) == (0, 1.0)
     # max_k caps the search.
-    assert best_k_by_model(per_position, costs({1: 10, 2: 11, 3: 12, 4: 13}, draft_ms=1.0), max_k=1)[0] == 1
+    assert best_k_by_model(per_position, model, "d.gguf", max_k=1)[0] == 1
 
 
-def test_measured_costs_give_auto_its_cost_model():
-    measured = MeasuredCosts(prompt_tokens=10, target={1: 0.01, 2: 0.012}, draft={"d.gguf": 0.002})
-    assert measured.model_for("d.gguf").draft_time(1) == 0.002
-    assert measured.model_for(None).draft_time(1) == 0.0
-    assert measured.model_for(None).target_time(2) == 0.012
-    assert measured.to_dict()["target_ms"] == {"1": pytest.approx(10.0), "2": pytest.approx(12.0)}
+def test_measured_costs_look_up_unmeasured_batch_sizes_and_serialise():
+    measured = MeasuredCosts(depth=10, target={1: 0.01, 4: 0.02}, draft={"d.gguf": 0.002}, overhead=0.001)
+    assert measured.target_time(2) == 0.02  # the next larger measured size
+    assert measured.draft_time("d.gguf") == 0.002 and measured.draft_time(None) == 0.0
+    assert measured.plain_seconds == pytest.approx(0.011)
+    assert measured.to_dict() == {"depth": 10, "target_ms": {"1": pytest.approx(10.0), "4": pytest.approx(20.0)},
+                                  "draft_ms_per_token": {"d.gguf": pytest.approx(2.0)}, "speed": 1.0,
+                                  "overhead_ms_per_round": pytest.approx(1.0)}
 
 
 # -- adding up runs into rows --------------------------------------------------------------------
 
 
-def stats_of(rounds: list[tuple[int, int]], seconds: float, mode: str = "draft") -> SpecStats:
-    """A run of rounds (drafted, accepted), each emitting accepted + 1 tokens."""
-    s = SpecStats(mode=mode, prompt_tokens=20)
-    for drafted, accepted in rounds:
-        s.record_round("model" if drafted else "none", drafted, accepted, accepted + 1)
-    s.decode_seconds = seconds
-    s.target_seconds = seconds * 0.8
-    return s
-
-
-def test_add_stats_pools_counts_and_positions():
+def test_pooled_runs_are_recorded_round_by_round():
     total = SpecStats()
-    add_stats(total, stats_of([(2, 2), (2, 0)], 1.0))
-    add_stats(total, stats_of([(3, 1)], 0.5))
+    total.add(stats_of([(2, 2), (2, 0)], 1.0))
+    total.add(stats_of([(3, 1)], 0.5))
     assert (total.rounds, total.drafted, total.accepted, total.generated) == (3, 7, 3, 6)
     assert total.drafted_at == [3, 3, 1]
     assert total.accepted_at == [2, 1, 0]
+    assert total.round_shapes == {("model", 2, 2, 3): 1, ("model", 2, 0, 1): 1, ("model", 3, 1, 2): 1}
     assert total.decode_seconds == pytest.approx(1.5)
     assert total.prompt_tokens == 40
 
@@ -144,21 +235,29 @@ def test_rows_compare_each_configuration_with_its_groups_baseline():
     group = ("code", None)
     totals.add(base, group, stats_of([(0, 0)] * 10, 1.0, "none"))  # 10 tok/s
     totals.add(draft, group, stats_of([(2, 2), (2, 1), (2, 0), (2, 2)], 0.5))  # 9 tokens in 0.5 s
-    measured = {None: MeasuredCosts(20, target={1: 0.1, 3: 0.12}, draft={"d.gguf": 0.01})}
-    rows = make_rows([base, draft], [group], totals, measured)
+    measured = {group: MeasuredCosts(20, target={1: 0.1, 3: 0.12}, draft={"d.gguf": 0.01})}
+    rows = make_rows([base, draft], [group], totals, measured, chat_template="<user>{prompt}</user>")
 
     assert [tuple(r) for r in rows] == [ROW_FIELDS, ROW_FIELDS]
     plain, spec = rows
     assert plain["speedup"] == 1.0 and plain["predicted_speedup"] == 1.0 and plain["tokens"] == 10
+    assert plain["prediction_error"] is None and plain["ms_per_round"] == pytest.approx(100.0)
     assert spec["tokens_per_second"] == pytest.approx(18.0)
     assert spec["speedup"] == pytest.approx(1.8)
     assert spec["acceptance_rate"] == pytest.approx(5 / 8)
     assert spec["mean_accepted_length"] == pytest.approx(9 / 4)
     assert spec["per_position_acceptance"] == pytest.approx([3 / 4, 2 / 4])
-    # E(2) = 1 + 0.75 + 0.5; a round costs 2 * 10 ms + 120 ms; plain 100 ms per token.
-    assert spec["predicted_speedup"] == pytest.approx(0.1 * 2.25 / 0.14)
+    # Each round: T(3) + 2 draft decodes = 140 ms, and 10 ms more after the two rounds that kept both drafts.
+    seconds = 4 * 0.14 + 2 * 0.01
+    assert spec["predicted_ms_per_round"] == pytest.approx(seconds / 4 * 1e3)
+    assert spec["predicted_target_ms_per_round"] == pytest.approx(120.0)
+    assert spec["predicted_draft_ms_per_round"] == pytest.approx((4 * 0.02 + 2 * 0.01) / 4 * 1e3)
+    assert spec["ms_per_round"] == pytest.approx(125.0) and spec["target_ms_per_round"] == pytest.approx(100.0)
+    assert spec["predicted_speedup"] == pytest.approx(9 * 0.1 / seconds)
+    assert spec["prediction_error"] == pytest.approx(spec["predicted_speedup"] / 1.8 - 1)
     assert spec["best"] and not plain["best"]
     assert (spec["category"], spec["context_length"], spec["prompts"], spec["k"]) == ("code", None, 1, 2)
+    assert {r["chat_template"] for r in rows} == {"<user>{prompt}</user>"}
 
     [best] = model_best_ks([base, draft], [group], totals, measured)
     assert best["draft"] == "d.gguf" and best["k"] in (0, 1, 2)
@@ -291,13 +390,19 @@ def test_missing_matplotlib_is_one_clear_error(monkeypatch):
 
 # One thread: the tiny models need no more, and on a busy machine llama.cpp's threads wait on each other.
 THREADS = 1
+
+
+def engine_config(tiny, **overrides) -> EngineConfig:
+    return EngineConfig(target=str(tiny.target), threads=THREADS, **overrides)
+
+
 TWO_PROMPTS = [BenchPrompt("the cat said that it was for you and the", "words"),
                BenchPrompt("def add(a, b):\n    return a + b\n\ndef", "code")]
 
 
 def test_a_bench_run_measures_every_configuration_and_refuses_another_vocabulary(tiny):
-    settings = BenchSettings(target=str(tiny.target), drafts=(str(tiny.draft_copy), str(tiny.other_vocab)),
-                             ks=(2, 3), max_tokens=8, ignore_eos=True, seed=1, warmup_tokens=2, threads=THREADS)
+    settings = BenchSettings(engine=engine_config(tiny), drafts=(str(tiny.draft_copy), str(tiny.other_vocab)),
+                             ks=(2, 3), max_tokens=8, ignore_eos=True, seed=1, warmup_tokens=2)
     with Bench(settings) as bench_:
         result = bench_.run(TWO_PROMPTS)
 
@@ -312,21 +417,63 @@ def test_a_bench_run_measures_every_configuration_and_refuses_another_vocabulary
         assert 0.0 <= row["acceptance_rate"] <= 1.0
         assert row["tokens_per_second"] > 0 and row["speedup"] > 0
         assert sum(r["best"] for r in measured if r["category"] == row["category"]) == 1
-    for row in overall:
+        if row["mode"] in ("ngram", "draft"):
+            assert row["predicted_speedup"] > 0
+            assert row["prediction_error"] == pytest.approx(row["predicted_speedup"] / row["speedup"] - 1)
         if row["mode"] == "draft":
             assert row["acceptance_rate"] == 1.0  # a copy of the target agrees on every greedy token
-            assert row["predicted_speedup"] > 0
+    assert all(r["chat_template"] is None for r in measured)
 
     [refused] = [r for r in result.rows if r["refused"]]
     assert refused["draft"] == "other_vocab.gguf" and "vocabularies differ" in refused["refused"]
-    assert result.costs[None].target.keys() == {1, 2, 3, 4}
-    assert "draft_copy.gguf" in result.costs[None].draft
+    assert set(result.costs) == {("words", None), ("code", None), (ALL_CATEGORIES, None)}
+    for costs_ in result.costs.values():
+        assert costs_.target.keys() == {1, 2, 3, 4}
+        assert "draft_copy.gguf" in costs_.draft
+        assert costs_.depth > 0 and costs_.overhead >= 0
     assert json.loads(json.dumps(result.to_dict()))["rows"] == result.rows
 
 
+def test_a_bench_run_is_a_generate_run(tiny):
+    """Bench goes through the engine: a configuration's counts are those of Engine.generate with
+    the same request."""
+    settings = BenchSettings(engine=engine_config(tiny), drafts=(str(tiny.draft_other),), ks=(3,),
+                             modes=("none", "ngram", "draft"), max_tokens=12, seed=5, warmup_tokens=2)
+    with Bench(settings) as bench_:
+        result = bench_.run(TWO_PROMPTS[:1])
+    rows = {(r["mode"], r["k"]): r for r in result.rows}
+
+    request = Request(max_tokens=12, seed=5)
+    for mode, draft in (("ngram", None), ("draft", str(tiny.draft_other))):
+        with Engine(replace(engine_config(tiny), draft=draft, mode=mode, k=3)) as engine:
+            generation = engine.generate(engine.tokenize_prompt(TWO_PROMPTS[0].text, request), request)
+            for _ in generation:
+                pass
+        stats, row = generation.stats, rows[(mode, 3)]
+        assert (row["tokens"], row["rounds"]) == (stats.generated, stats.rounds)
+        assert row["acceptance_rate"] == stats.acceptance_rate
+        assert row["per_position_acceptance"] == stats.per_position_acceptance
+
+
+def test_with_chat_prompts_go_in_the_targets_template_and_the_result_says_which(tiny):
+    raw = BenchSettings(engine=engine_config(tiny), ks=(2,), modes=("none",), max_tokens=4, warmup_tokens=1)
+    chat = replace(raw, chat=True)
+    with Bench(raw) as bench_:
+        raw_result = bench_.run(TWO_PROMPTS[:1])
+    with Bench(chat) as bench_:
+        chat_result = bench_.run(TWO_PROMPTS[:1])
+        expected = bench_.base.target_model.apply_chat_template(PROMPT_MARK)
+    assert raw_result.chat_template is None
+    assert chat_result.chat_template == expected
+    assert "<|im_start|>user" in expected and PROMPT_MARK in expected  # the tiny target's ChatML
+    assert chat_result.rows[0]["chat_template"] == expected
+    assert chat_result.to_dict()["chat_template"] == expected
+    assert chat_result.rows[0]["prompt_tokens"] > raw_result.rows[0]["prompt_tokens"]
+
+
 def test_with_cross_vocab_another_vocabulary_drafts_through_text(tiny):
-    settings = BenchSettings(target=str(tiny.target), drafts=(str(tiny.other_vocab),), ks=(2,), modes=("none", "draft"),
-                             max_tokens=8, ignore_eos=True, warmup_tokens=2, threads=THREADS, cross_vocab=True)
+    settings = BenchSettings(engine=engine_config(tiny, cross_vocab=True), drafts=(str(tiny.other_vocab),), ks=(2,),
+                             modes=("none", "draft"), max_tokens=8, ignore_eos=True, warmup_tokens=2)
     with Bench(settings) as bench_:
         result = bench_.run(TWO_PROMPTS[:1])
     assert not result.refused
@@ -337,8 +484,7 @@ def test_with_cross_vocab_another_vocabulary_drafts_through_text(tiny):
 
 
 def test_prompts_are_padded_to_the_context_lengths(tiny):
-    settings = BenchSettings(target=str(tiny.target), ks=(2,), max_tokens=4, context_lengths=(12, 200, 600),
-                             threads=THREADS)
+    settings = BenchSettings(engine=engine_config(tiny), ks=(2,), max_tokens=4, context_lengths=(12, 200, 600))
     with Bench(settings) as bench_:
         groups = bench_.prepare(TWO_PROMPTS)
         warnings = bench_.warnings
@@ -352,7 +498,7 @@ def test_prompts_are_padded_to_the_context_lengths(tiny):
 
 
 def test_a_context_too_small_for_the_prompts_is_a_usage_error(tiny):
-    settings = BenchSettings(target=str(tiny.target), ks=(2,), max_tokens=64, ctx_size=64, threads=THREADS)
+    settings = BenchSettings(engine=engine_config(tiny, ctx_size=64), ks=(2,), max_tokens=64)
     with Bench(settings) as bench_, pytest.raises(UsageError, match="does not fit") as info:
         bench_.prepare(TWO_PROMPTS)
     assert "--ctx-size" in info.value.hint
@@ -399,7 +545,19 @@ def test_cli_json_csv_and_plot(tiny, tmp_path, run_bench_cli):
 def test_cli_table_goes_to_stdout(tiny, run_bench_cli):
     result = run_bench_cli("-m", tiny.target, "--k", "2", "-n", 4, "--limit", 1, "--modes", "ngram")
     assert result.exit_code == 0, result.output
-    assert "tok/s" in result.stdout and "ngram" in result.stdout
+    assert "tok/s" in result.stdout and "ngram" in result.stdout and "error" in result.stdout
+    assert "prompts as raw text" in result.stdout
+
+
+def test_cli_chat_shows_the_template_in_the_header_and_the_csv(tiny, tmp_path, run_bench_cli):
+    csv_path = tmp_path / "rows.csv"
+    result = run_bench_cli("-m", tiny.target, "--k", "2", "-n", 4, "--limit", 1, "--modes", "ngram", "--chat",
+                           "--csv", csv_path)
+    assert result.exit_code == 0, result.output
+    assert "prompts in the chat template <|im_start|>user\\n{prompt}<|im_end|>" in result.stdout
+    with csv_path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(r["chat_template"].startswith("<|im_start|>user\n{prompt}") for r in rows)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -100,8 +100,14 @@ class CostModel:
         return self._fitted(n)
 
     def _stale_correction(self) -> float:
-        """How far this run's measurements are from the saved profile (geometric mean)."""
-        logs = [math.log(p.ratio / p.saved) for p in self.shape.values() if p.fresh and p.saved]
+        """How far this run's measurements are from the saved profile (geometric mean over the
+        sizes measured fresh; the saved value of a size it lacks is interpolated)."""
+        saved = sorted((n, p.saved) for n, p in self.shape.items() if p.saved)
+        logs = []
+        for n, point in self.shape.items():
+            reference = point.saved or _interpolate(saved, n)
+            if point.fresh and reference:
+                logs.append(math.log(point.ratio / reference))
         return math.exp(sum(logs) / len(logs)) if logs else 1.0
 
     def _fitted(self, n: int) -> float:
@@ -240,6 +246,14 @@ class CostModel:
         self.t1, self.shape, self.draft_t1, self.model_rate_ratio = t1, shape, draft_t1, model_rate_ratio
         self.t1_fresh = 0
         return True
+
+
+def _interpolate(points: list[tuple[int, float]], n: int) -> Optional[float]:
+    """Linear interpolation in sorted (size, value) points; None outside them."""
+    for (m0, r0), (m1, r1) in zip(points, points[1:]):
+        if m0 <= n <= m1:
+            return r0 + (r1 - r0) * (n - m0) / (m1 - m0)
+    return None
 
 
 def _ema(old: float, new: float, weight: float, replace: bool = False) -> float:

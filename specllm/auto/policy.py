@@ -35,6 +35,9 @@ from .costs import CostModel
 MARGIN = 1.03
 # Rounds between probes of unmeasured batch sizes (a probe costs at most one short verify).
 SHAPE_PROBE_INTERVAL = 8
+# Only a draft expected to come this close to plain decoding's rate is used for a probe: a
+# probe then costs a fraction of a step, and one that is far off would cost more than it tells.
+PROBE_MIN_RATE = 0.8
 # A draft model this far behind the text is not worth a look just to re-measure it: catching
 # up would cost more than the look can win back.
 MAX_EXPLORE_LAG = 8
@@ -140,19 +143,22 @@ class AutoPolicy:
             return self._chosen(NO_DRAFT, 0.0)
 
         start = time.perf_counter()
-        best, best_rate, longest = NO_DRAFT, plain * MARGIN, NO_DRAFT
+        best, best_rate = NO_DRAFT, plain * MARGIN
+        near, near_rate = NO_DRAFT, 0.0  # the best candidate at one token or more, paying or not
         for lookup in self.lookups:
             candidate = lookup.propose(history, k_max, choose)
             if not candidate.tokens:
                 continue
-            if len(candidate) > len(longest):
-                longest = candidate
             alphas = self.learned.lookup_acceptance(candidate.source).alphas(
                 candidate.ngram_size, candidate.confidence, len(candidate)
             )
-            k, rate = best_draft_length(alphas, lambda k: self.costs.target_time(k + 1))
+            cost = lambda k: self.costs.target_time(k + 1)  # noqa: E731
+            k, rate = best_draft_length(alphas, cost)
             if k > 0 and rate > best_rate:
                 best, best_rate = candidate.prefix(k), rate
+            k_near, rate_near = best_draft_length(alphas, lambda k: cost(k) if k else float("inf"))
+            if rate_near > near_rate:
+                near, near_rate = candidate, rate_near
         lookup_seconds = time.perf_counter() - start
 
         if self.model is not None:
@@ -161,8 +167,8 @@ class AutoPolicy:
             explore = self.learned.should_explore_model() and self._model_lag(history) <= MAX_EXPLORE_LAG
             if self.learned.model_rate(plain) > best_rate or (not best.tokens and explore):
                 return self._model_draft(history, k_max, choose)
-        if not best.tokens and longest.tokens:
-            best = self._probe(longest)
+        if not best.tokens and near_rate >= plain * PROBE_MIN_RATE:
+            best = self._probe(near)
         return self._chosen(best, lookup_seconds)
 
     def _probe(self, draft: Draft) -> Draft:

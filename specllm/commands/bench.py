@@ -11,10 +11,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from .. import llama
-from ..bench import ALL_CATEGORIES, MODES, BenchResult, BenchSettings, result_json, run_bench, short_name, write_csv
-from ..config import DEFAULT_CTX_SIZE, MAX_DRAFT, check_positive, check_sampling, check_seed, engine_config
+from ..bench import ALL_CATEGORIES, BenchResult, BenchSettings, result_json, run_bench, short_name, write_csv
+from ..config import DEFAULT_CTX_SIZE, MAX_DRAFT, MODES, check_positive, check_sampling, check_seed, engine_config
 from ..console import FetchBars, reported_errors, stderr, warn
 from ..errors import UsageError
 from ..prompts import BUILTIN_PROMPTS, load_prompts, select_prompts
@@ -60,8 +61,9 @@ def bench(
     ignore_eos: Annotated[bool, typer.Option(
         "--ignore-eos", help="Never stop at end-of-generation: every run generates -n tokens.", metavar=FLAG,
         rich_help_panel=SAMPLING)] = False,
-    chat: Annotated[bool, typer.Option("--chat", help="Wrap each prompt in the target's chat template.", metavar=FLAG,
-                                       rich_help_panel=IO)] = False,
+    chat: Annotated[bool, typer.Option(
+        "--chat", help="Wrap each prompt in the target's chat template, as generate --chat does (Spec-Bench "
+        "questions are chat prompts). The report shows the template.", metavar=FLAG, rich_help_panel=IO)] = False,
     ngram: NgramOpt = None,
     cross_vocab: CrossVocabOpt = False,
     ctx_size: CtxSizeOpt = DEFAULT_CTX_SIZE,
@@ -121,11 +123,8 @@ def _settings(*, model, draft_models, ks, max_tokens, prompts, category, limit, 
     drafts = ([config.draft] if config.draft else []) + [str(resolve_model(d, progress=FetchBars()))
                                                          for d in draft_models[1:]]
     settings = BenchSettings(
-        target=config.target, drafts=tuple(drafts), ks=k_values, modes=mode_list, max_tokens=max_tokens,
-        params=SamplingParams(temperature=temp), seed=seed, ignore_eos=ignore_eos, chat=chat,
-        context_lengths=lengths, ctx_size=config.ctx_size, threads=config.threads,
-        n_gpu_layers=config.n_gpu_layers, ngram_sizes=config.ngram_sizes, cross_vocab=config.cross_vocab,
-        rpc=config.rpc,
+        engine=config, drafts=tuple(drafts), ks=k_values, modes=mode_list, max_tokens=max_tokens,
+        params=SamplingParams(temperature=temp), seed=seed, ignore_eos=ignore_eos, chat=chat, context_lengths=lengths,
     )
     return settings, prompt_set
 
@@ -148,7 +147,7 @@ def parse_modes(text: str) -> tuple[str, ...]:
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise UsageError(f"--modes takes some of {', '.join(MODES)}, got {', '.join(unknown)}")
-    return tuple(m for m in MODES if m in modes or m == "none")
+    return tuple(m for m in MODES if m in modes or m == "none")  # the baseline always runs
 
 
 def _run_with_progress(settings: BenchSettings, prompt_set: list) -> BenchResult:
@@ -167,6 +166,7 @@ def _report(result: BenchResult, *, json_: bool, csv_path: Optional[Path], plot_
     out = Console(stderr=json_, highlight=False)
     if not out.is_terminal:
         out.width = max(out.width, TABLE_WIDTH)  # a file or pipe gets every column in full
+    out.print(header(result), soft_wrap=True)
     for table in result_tables(result):
         out.print(table)
     for name, reason in result.refused.items():
@@ -187,12 +187,34 @@ def _report(result: BenchResult, *, json_: bool, csv_path: Optional[Path], plot_
         sys.stdout.flush()
 
 
+def header(result: BenchResult) -> Text:
+    """What was run: the target and how its prompts were written (the chat template in effect)."""
+    s = result.settings
+    line = Text.assemble(("target ", "dim"), result.target, ("  ·  ", "dim"), f"{s.max_tokens} tokens a run",
+                         ("  ·  ", "dim"), f"temperature {s.params.temperature:g}", ("  ·  prompts ", "dim"))
+    if result.chat_template is None:
+        line.append("as raw text (no chat template; --chat applies the target's)")
+    else:
+        line.append("in the chat template ")
+        line.append(template_line(result.chat_template), style="cyan")
+    return line
+
+
+def template_line(template: str) -> str:
+    """The template on one line, newlines shown as \\n; {prompt} stands for each prompt."""
+    return template.replace("\\", "\\\\").replace("\n", "\\n")
+
+
 def _percent(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
 def _times(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.2f}×"
+
+
+def _error(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:+.0%}"
 
 
 def result_tables(result: BenchResult) -> list[Table]:
@@ -209,8 +231,9 @@ def result_tables(result: BenchResult) -> list[Table]:
         table = Table(title=f"{escape(title)} ({rows[0]['prompts']} prompts, {rows[0]['prompt_tokens']:.0f} prompt "
                       "tokens on average)", title_justify="left")
         for name, justify in (("mode", "left"), ("draft", "left"), ("k", "right"), ("tok/s", "right"),
-                              ("speedup", "right"), ("predicted", "right"), ("acceptance", "right"),
-                              ("tok/round", "right"), ("per position %", "left"), ("tokens", "right")):
+                              ("speedup", "right"), ("predicted", "right"), ("error", "right"),
+                              ("acceptance", "right"), ("tok/round", "right"), ("per position %", "left"),
+                              ("tokens", "right")):
             table.add_column(name, justify=justify)
         for row in rows:
             per_position = " ".join(f"{100 * p:.0f}" for p in row["per_position_acceptance"][:PER_POSITION_SHOWN])
@@ -218,11 +241,11 @@ def result_tables(result: BenchResult) -> list[Table]:
             table.add_row(
                 row["mode"], escape(short_name(row["draft"])) or "-", str(row["k"]) if drafts else "-",
                 f"{row['tokens_per_second']:.1f}", _times(row["speedup"]), _times(row["predicted_speedup"]),
-                _percent(row["acceptance_rate"]) if drafts else "-", f"{row['mean_accepted_length']:.2f}",
-                per_position or "-", str(row["tokens"]),
+                _error(row["prediction_error"]), _percent(row["acceptance_rate"]) if drafts else "-",
+                f"{row['mean_accepted_length']:.2f}", per_position or "-", str(row["tokens"]),
                 style="bold green" if row["best"] else None,
             )
-        costs = result.costs.get(length)
+        costs = result.costs.get((category, length))
         if costs is not None:
             table.caption = escape(_costs_caption(costs.to_dict()))
             table.caption_justify = "left"
@@ -233,7 +256,10 @@ def result_tables(result: BenchResult) -> list[Table]:
 def _costs_caption(costs: dict) -> str:
     target = ", ".join(f"{n}:{ms:.1f}" for n, ms in costs["target_ms"].items())
     drafts = ", ".join(f"{short_name(name)} {ms:.1f} ms" for name, ms in costs["draft_ms_per_token"].items())
-    return f"target ms per decode by batch size {target}" + (f"; draft per token: {drafts}" if drafts else "")
+    return (f"at ~{costs['depth']} cached tokens: target ms per decode by batch size {target}"
+            + (f"; draft per token: {drafts}" if drafts else "")
+            + f"; the runs' decodes took {costs['speed']:.2f}× that, and the loop {costs['overhead_ms_per_round']:.2f} ms "
+            "a round. error = predicted / measured - 1")
 
 
 def best_k_lines(result: BenchResult) -> Sequence[str]:

@@ -1,0 +1,356 @@
+"""The HTTP side: OpenAI's routes on Starlette.
+
+Handlers validate and tokenize (in a thread: a long prompt takes a while), then hand the job
+to the engine's worker and relay its messages: one JSON object, or server-sent events ending
+with `data: [DONE]`. A client's mistake is an ApiError (a 4xx with a message); guard.py
+keeps anything else from reaching the log as a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import AsyncIterator, Optional
+
+import anyio
+import uvicorn
+from pydantic import BaseModel, ValidationError
+from sse_starlette.sse import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request as HttpRequest
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from ..engine import Engine, Request
+from ..errors import ModelLoadError, SpecllmError, UsageError
+from . import schemas
+from .guard import CLIENT_CLOSED, ApiError, Guard, api_error_response, http_error_response
+from .metrics import Metrics
+from .schemas import ChatBody, CompletionBody, error_body
+from .worker import DEFAULT_QUEUE_SIZE, EngineWorker, Job, Outcome, QueueFull, ShuttingDown
+
+log = logging.getLogger("specllm.server")
+
+# How often a request waiting for the engine checks that its client is still there.
+DISCONNECT_POLL_SECONDS = 0.1
+# SSE comment lines keep idle proxies from closing a stream while a long prompt is processed.
+SSE_PING_SECONDS = 15
+# On shutdown, a stream gets this long to send its error event and [DONE] (Server.shutdown
+# stops its generation at once; this is only the time to say so).
+SSE_SHUTDOWN_GRACE_SECONDS = 2
+# A request body larger than this is refused (413) before it is read whole: even a
+# million-token context holds only a few MB of text.
+MAX_BODY_BYTES = 32 << 20
+
+
+@dataclass
+class ServerState:
+    engine: Engine
+    model_name: str
+    defaults: Request  # the command line's settings; a request's fields override them
+    api_key: Optional[str] = None
+    queue_size: int = DEFAULT_QUEUE_SIZE
+    metrics: Metrics = field(init=False)
+    worker: EngineWorker = field(init=False)
+    started: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(lambda: {"specllm_queue_waiting": self.worker.n_waiting,
+                                        "specllm_generating": int(self.worker.busy)})
+        self.worker = EngineWorker(self.engine, self.metrics, queue_size=self.queue_size).start()
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, which stops the generations first when it shuts down (Ctrl-C): a long
+    answer must not hold the exit for the graceful timeout, and its client gets a clean end
+    (a 503, or an error event and [DONE]) rather than a cut connection."""
+
+    def __init__(self, state: ServerState, config: uvicorn.Config):
+        super().__init__(config)
+        self.state = state
+
+    async def shutdown(self, sockets=None) -> None:
+        self.state.worker.stop()
+        await super().shutdown(sockets)
+
+
+def create_app(state: ServerState) -> Starlette:
+    routes = [
+        Route("/v1/chat/completions", partial(chat_completions, state), methods=["POST"]),
+        Route("/v1/completions", partial(completions, state), methods=["POST"]),
+        Route("/v1/models", partial(models, state), methods=["GET"]),
+        Route("/health", partial(health, state), methods=["GET"]),
+        Route("/metrics", partial(metrics, state), methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(Guard, state=state)],
+        exception_handlers={ApiError: api_error_response, HTTPException: http_error_response},
+    )
+
+
+# -- routes --------------------------------------------------------------------------------------
+
+
+async def chat_completions(state: ServerState, http: HttpRequest) -> Response:
+    body = await parse_body(http, ChatBody)
+    request = checked_request(state, body)
+    tokens = await run_in_threadpool(chat_tokens, state.engine, body.chat_messages(), request)
+    return await answer(state, http, body, request, tokens, chat=True)
+
+
+async def completions(state: ServerState, http: HttpRequest) -> Response:
+    body = await parse_body(http, CompletionBody)
+    request = checked_request(state, body)
+    tokens = await run_in_threadpool(prompt_tokens, state.engine, body.prompt, request)
+    return await answer(state, http, body, request, tokens, chat=False)
+
+
+async def models(state: ServerState, http: HttpRequest) -> Response:
+    engine = state.engine
+    return JSONResponse({"object": "list", "data": [{
+        "id": state.model_name, "object": "model", "created": state.started, "owned_by": "specllm",
+        "specllm": {"mode": engine.mode, "k": engine.config.k, "ctx_size": engine.target.n_ctx,
+                    "draft": engine.draft_model.name if engine.draft_model else None},
+    }]})
+
+
+async def health(state: ServerState, http: HttpRequest) -> Response:
+    return JSONResponse({"status": "ok", "generating": state.worker.busy, "waiting": state.worker.n_waiting})
+
+
+async def metrics(state: ServerState, http: HttpRequest) -> Response:
+    return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+# -- requests ------------------------------------------------------------------------------------
+
+
+async def parse_body(http: HttpRequest, schema: type[BaseModel]):
+    raw = await _read_body(http)
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, [[[[... too deep
+        detail = f": {e.msg} at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise ApiError(400, f"the request body is not valid JSON{detail}", code="invalid_json") from None
+    if not isinstance(obj, dict):
+        raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+    try:
+        return schema.model_validate(obj)
+    except ValidationError as e:
+        message, param = schemas.validation_message(e)
+        raise ApiError(400, message, param=param, code="invalid_value") from None
+
+
+async def _read_body(http: HttpRequest) -> bytes:
+    too_large = ApiError(413, f"the request body is larger than {MAX_BODY_BYTES >> 20} MiB", code="body_too_large")
+    declared = http.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in http.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def checked_request(state: ServerState, body: schemas.Body) -> Request:
+    if body.n not in (None, 1):
+        raise ApiError(400, f"n={body.n} is not supported: specllm returns one choice per request (n=1)",
+                       param="n", code="unsupported_value")
+    request = body.to_request(state.defaults)
+    if request.mode == "draft" and state.engine.draft is None:
+        raise ApiError(400, "mode 'draft' needs a draft model: start the server with -md", param="mode")
+    return request
+
+
+def chat_tokens(engine: Engine, messages: list[tuple[str, str]], request: Request) -> list[int]:
+    _check_utf8([content for _, content in messages], "messages")
+    try:
+        text = engine.target_model.render_chat(messages)
+    except ModelLoadError:
+        raise ApiError(400, "the model has no chat template llama.cpp can apply: use /v1/completions",
+                       param="messages") from None
+    return fitted(engine, _tokenize(engine, text, request), "messages")
+
+
+def prompt_tokens(engine: Engine, prompt: str | list, request: Request) -> list[int]:
+    if isinstance(prompt, list) and isinstance(prompt[0], int):  # token ids
+        n_vocab = engine.target_model.vocab.n_tokens
+        if any(not 0 <= t < n_vocab for t in prompt):
+            raise ApiError(400, f"prompt: token ids must be in [0, {n_vocab})", param="prompt")
+        return fitted(engine, list(prompt), "prompt")
+    text = prompt if isinstance(prompt, str) else prompt[0]
+    _check_utf8([text], "prompt")
+    return fitted(engine, _tokenize(engine, text, request), "prompt")
+
+
+def _check_utf8(texts: list[str], param: str) -> None:
+    # JSON can carry lone surrogates ("\ud800"), which no UTF-8 tokenizer takes.
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ApiError(400, f"{param}: not valid Unicode (a lone surrogate at character {e.start})",
+                           param=param) from None
+
+
+def _tokenize(engine: Engine, text: str, request: Request) -> list[int]:
+    try:
+        return engine.tokenize_prompt(text, request)
+    except UsageError as e:
+        raise ApiError(400, e.message, param="prompt") from None
+
+
+def fitted(engine: Engine, tokens: list[int], param: str) -> list[int]:
+    n_ctx = engine.target.n_ctx
+    if len(tokens) >= n_ctx:
+        raise ApiError(400, f"the prompt has {len(tokens)} tokens but the context holds {n_ctx}, "
+                            "and at least one generated token must fit (the server's --ctx-size)",
+                       param=param, code="context_length_exceeded")
+    return tokens
+
+
+# -- answers -------------------------------------------------------------------------------------
+
+
+async def answer(state: ServerState, http: HttpRequest, body: schemas.Body, request: Request, tokens: list[int],
+                 *, chat: bool) -> Response:
+    job = Job(tokens, request)
+    try:
+        state.worker.submit(job)
+    except QueueFull:
+        raise ApiError(503, f"the server is busy ({state.worker.n_waiting} requests waiting): retry later",
+                       kind="server_error", code="queue_full",
+                       headers={"Retry-After": str(state.worker.retry_after())}) from None
+    except ShuttingDown:
+        raise ApiError(503, "the server is shutting down", kind="server_error") from None
+    reply = Reply(state, body, chat=chat)
+    handed_over = False
+    watcher = asyncio.create_task(_watch_client(state, http, job))
+    try:
+        kind, value = await job.messages.get()
+        if kind == "gone":
+            return Response(status_code=CLIENT_CLOSED)
+        if kind == "error":
+            raise _engine_error(value)
+        reply.cached_tokens = value
+        if body.stream:
+            watcher.cancel()  # from here on sse-starlette watches the connection
+            handed_over = True
+            return EventSourceResponse(reply.events(job), ping=SSE_PING_SECONDS, sep="\n",
+                                       shutdown_event=anyio.Event(), shutdown_grace_period=SSE_SHUTDOWN_GRACE_SECONDS)
+        parts = []
+        while True:
+            kind, value = await job.messages.get()
+            if kind == "text":
+                parts.append(value)
+            elif kind == "done":
+                return JSONResponse(reply.whole("".join(parts), value))
+            elif kind == "gone":
+                return Response(status_code=CLIENT_CLOSED)
+            else:
+                raise _engine_error(value)
+    finally:
+        watcher.cancel()
+        if not handed_over:
+            state.worker.withdraw(job)  # a no-op once the job is done
+
+
+async def _watch_client(state: ServerState, http: HttpRequest, job: Job) -> None:
+    """Withdraw the job as soon as its client disconnects, queued or generating."""
+    while not await http.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_SECONDS)
+    state.worker.withdraw(job)
+    job.messages.put_nowait(("gone", None))
+
+
+def _engine_error(value: object) -> ApiError:
+    if isinstance(value, ShuttingDown):
+        return ApiError(503, "the server is shutting down", kind="server_error")
+    if isinstance(value, UsageError):
+        return ApiError(400, value.message)
+    if isinstance(value, SpecllmError):
+        return ApiError(500, value.message, kind="server_error")
+    return ApiError(500, f"internal error: {type(value).__name__}", kind="server_error")
+
+
+class Reply:
+    """The response objects of one request, whole or as stream chunks."""
+
+    def __init__(self, state: ServerState, body: schemas.Body, *, chat: bool):
+        self.chat = chat
+        self.body = body
+        self.metrics = state.metrics
+        self.id = schemas.new_id("chatcmpl" if chat else "cmpl")
+        self.created = schemas.now()
+        self.model = state.model_name
+        self.cached_tokens = 0
+
+    def _object(self, kind: str, choice: dict, **extra: object) -> dict:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+                "system_fingerprint": None, "choices": [choice] if choice else [], **extra}
+
+    def _usage(self, outcome: Outcome) -> dict:
+        return schemas.usage(outcome.prompt_tokens, outcome.completion_tokens, self.cached_tokens)
+
+    def whole(self, text: str, outcome: Outcome) -> dict:
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                      "finish_reason": outcome.finish_reason}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": outcome.finish_reason}
+        return self._object("chat.completion" if self.chat else "text_completion", choice,
+                            usage=self._usage(outcome), speculative=schemas.speculative(outcome.stats))
+
+    def chunk(self, text: Optional[str], finish_reason: Optional[str] = None, **extra: object) -> dict:
+        if self.chat:
+            delta = {} if text is None else {"content": text}
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        else:
+            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        return self._object("chat.completion.chunk" if self.chat else "text_completion", choice, **extra)
+
+    async def events(self, job: Job) -> AsyncIterator[dict]:
+        """Server-sent events: the text as it is released, a last chunk with the finish reason
+        and specllm's statistics, usage when stream_options asks for it, then [DONE]."""
+        try:
+            if self.chat:
+                first = self.chunk("")
+                first["choices"][0]["delta"]["role"] = "assistant"
+                yield _sse(first)
+            while True:
+                kind, value = await job.messages.get()
+                if kind == "text":
+                    yield _sse(self.chunk(value))
+                    continue
+                if kind == "done":
+                    yield _sse(self.chunk(None, value.finish_reason, speculative=schemas.speculative(value.stats)))
+                    if self.body.include_usage():
+                        usage_chunk = self._object(self.chunk(None)["object"], {}, usage=self._usage(value))
+                        yield _sse(usage_chunk)
+                else:
+                    error = _engine_error(value)
+                    (log.warning if error.status == 503 else log.error)(
+                        "stream %s ended early: %s", self.id, error.message)
+                    yield _sse(error_body(error.message, kind=error.kind))
+                break
+            yield {"data": "[DONE]"}
+        finally:
+            job.cancelled.set()  # the client left, or the stream is over: the generation ends
+
+
+def _sse(obj: dict) -> dict:
+    return {"data": json.dumps(obj, ensure_ascii=False)}

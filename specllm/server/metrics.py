@@ -1,0 +1,123 @@
+"""The server's counters, rendered in Prometheus' text exposition format (GET /metrics).
+
+The counters add up: specllm_generated_tokens_total is the sum of the responses'
+usage.completion_tokens, and the drafted/accepted counters the sums of their `speculative`
+fields, split by drafter source ("model", "ngram"; plain rounds are "none").
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Callable
+
+from ..stats import SpecStats
+
+# (name, type, help) in the order they are printed.
+METRICS = (
+    ("specllm_requests_total", "counter", "HTTP requests answered, by endpoint and status code."),
+    ("specllm_generations_total", "counter", "Generations run, by finish reason (stop, length, cancelled, error)."),
+    ("specllm_prompt_tokens_total", "counter", "Prompt tokens of the generations run."),
+    ("specllm_generated_tokens_total", "counter", "Tokens generated (the responses' completion_tokens)."),
+    ("specllm_rounds_total", "counter", "Target decodes during generation, by drafter source."),
+    ("specllm_drafted_tokens_total", "counter", "Tokens drafted, by drafter source."),
+    ("specllm_accepted_tokens_total", "counter", "Drafted tokens the target accepted, by drafter source."),
+    ("specllm_prompt_seconds_total", "counter", "Seconds spent processing prompts (after KV cache reuse)."),
+    ("specllm_decode_seconds_total", "counter", "Seconds spent generating, after the prompt."),
+    ("specllm_queue_waiting", "gauge", "Requests waiting for the engine."),
+    ("specllm_generating", "gauge", "Generations running (0 or 1: one engine, one generation at a time)."),
+)
+KNOWN_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
+
+
+class SourceTally:
+    """Splits a generation's drafted/accepted counts by the source of each round.
+
+    SpecStats keeps totals and rounds per source; a round's counts are recorded before its
+    tokens are emitted, so looking at the stats at every token sees one new round at a time.
+    """
+
+    def __init__(self, stats: SpecStats):
+        self.stats = stats
+        self.rounds: Counter = Counter()
+        self.drafted: Counter = Counter()
+        self.accepted: Counter = Counter()
+        self._seen = (0, 0, 0, {})
+
+    def update(self) -> None:
+        s = self.stats
+        n_rounds, n_drafted, n_accepted, by_source = self._seen
+        if s.rounds == n_rounds:
+            return
+        new = {src: n - by_source.get(src, 0) for src, n in s.rounds_by_source.items() if n != by_source.get(src, 0)}
+        # Usually one new round; if several sources ran since the last look, the one with the
+        # most rounds takes the drafted/accepted counts (they cannot be told apart).
+        source = max(new, key=new.get) if new else "none"
+        self.rounds.update(new)
+        self.drafted[source] += s.drafted - n_drafted
+        self.accepted[source] += s.accepted - n_accepted
+        self._seen = (s.rounds, s.drafted, s.accepted, dict(s.rounds_by_source))
+
+
+class Metrics:
+    """Thread-safe: the engine's worker thread and the event loop both write."""
+
+    def __init__(self, gauges: Callable[[], dict[str, float]] = dict):
+        self._lock = threading.Lock()
+        self._counters: dict[str, Counter] = {name: Counter() for name, kind, _ in METRICS if kind == "counter"}
+        self._gauges = gauges
+
+    def count_request(self, path: str, status: int) -> None:
+        endpoint = path if path in KNOWN_ENDPOINTS else "other"  # no label per unknown path
+        with self._lock:
+            self._counters["specllm_requests_total"][(("endpoint", endpoint), ("status", str(status)))] += 1
+
+    def count_generation(self, finish_reason: str, *, prompt_tokens: int, completion_tokens: int,
+                         tally: SourceTally | None) -> None:
+        c = self._counters
+        with self._lock:
+            c["specllm_generations_total"][(("finish_reason", finish_reason),)] += 1
+            c["specllm_prompt_tokens_total"][()] += prompt_tokens
+            c["specllm_generated_tokens_total"][()] += completion_tokens
+            if tally is None:
+                return
+            for source, n in tally.rounds.items():
+                c["specllm_rounds_total"][(("source", source),)] += n
+            for source, n in tally.drafted.items():
+                c["specllm_drafted_tokens_total"][(("source", source),)] += n
+            for source, n in tally.accepted.items():
+                c["specllm_accepted_tokens_total"][(("source", source),)] += n
+            c["specllm_prompt_seconds_total"][()] += tally.stats.prompt_seconds
+            c["specllm_decode_seconds_total"][()] += tally.stats.decode_seconds
+
+    def render(self) -> str:
+        gauges = self._gauges()
+        lines = []
+        with self._lock:
+            for name, kind, help_text in METRICS:
+                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+                if kind == "gauge":
+                    lines.append(f"{name} {_number(gauges.get(name, 0))}")
+                    continue
+                samples = self._counters[name]
+                if not samples and name in _UNLABELLED:
+                    samples = {(): 0}  # a total that is still zero is still a total
+                for labels, value in sorted(samples.items()):
+                    lines.append(f"{name}{_labels(labels)} {_number(value)}")
+        return "\n".join(lines) + "\n"
+
+
+_UNLABELLED = ("specllm_prompt_tokens_total", "specllm_generated_tokens_total", "specllm_prompt_seconds_total",
+               "specllm_decode_seconds_total")
+
+
+def _labels(labels: tuple[tuple[str, str], ...]) -> str:
+    if not labels:
+        return ""
+    # Label values here are endpoints, status codes, sources and finish reasons: no quotes or
+    # backslashes to escape.
+    return "{" + ",".join(f'{key}="{value}"' for key, value in labels) + "}"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))

@@ -1,0 +1,62 @@
+"""Token pieces -> text for a response: UTF-8 decoded across token boundaries, cut at stop strings.
+
+A multi-byte character can be split across tokens, and so can a stop string: text is released
+only once it is whole and cannot be the start of a stop string. The stop string itself is never
+emitted; once one is seen, the generation should end (`stopped`).
+"""
+
+from __future__ import annotations
+
+import codecs
+from typing import Sequence
+
+
+class ResponseText:
+    def __init__(self, stops: Sequence[str] = ()):
+        self.stops = tuple(s for s in stops if s)  # an empty stop string would stop at once: ignored
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending = ""  # decoded, not yet released: it may begin a stop string
+        self._released: list[str] = []
+        self.stopped = False
+
+    @property
+    def text(self) -> str:
+        """Everything released so far."""
+        return "".join(self._released)
+
+    def feed(self, piece: bytes) -> str:
+        """The text that may be released after this token piece ("" while held back)."""
+        if self.stopped:
+            return ""
+        self._pending += self._decoder.decode(piece)
+        return self._release(final=False)
+
+    def finish(self) -> str:
+        """The generation ended without a stop string: release what was held back."""
+        if self.stopped:
+            return ""
+        self._pending += self._decoder.decode(b"", final=True)
+        return self._release(final=True)
+
+    def _release(self, *, final: bool) -> str:
+        # Only the pending text can hold a stop string: text that might have begun one was
+        # never released.
+        found = [i for i in (self._pending.find(s) for s in self.stops) if i >= 0]
+        if found:
+            out, self._pending, self.stopped = self._pending[: min(found)], "", True
+        else:
+            n_keep = 0 if final else self._stop_prefix_length()
+            cut = len(self._pending) - n_keep
+            out, self._pending = self._pending[:cut], self._pending[cut:]
+        self._released.append(out)
+        return out
+
+    def _stop_prefix_length(self) -> int:
+        """Length of the longest end of the pending text that is the start of a stop string."""
+        longest = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(self._pending)), longest, -1):
+                if self._pending.endswith(stop[:n]):
+                    longest = n
+                    break
+        return longest
