@@ -21,9 +21,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from ..config import MODES
 from ..engine import Engine, EngineConfig, Request
 from ..errors import IncompatibleModelsError, UsageError
-from ..config import MODES
 from ..prompts import BenchPrompt
 from ..sampling import SamplingParams
 from ..stats import SpecStats

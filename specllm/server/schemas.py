@@ -15,8 +15,8 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..engine import Request
 from ..config import MAX_DRAFT, MODES
+from ..engine import Request
 from ..stats import SpecStats
 
 Mode = Literal[MODES]  # type: ignore[valid-type]
