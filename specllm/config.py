@@ -5,8 +5,8 @@ Precedence, highest first (each command applies it the same way):
     1. the command-line option
     2. its SPECLLM_* environment variable (typer reads it: see `envvar=` in options.py)
     3. the pair's settings in models.toml, when no -m is given (the default pair is used then)
-    4. the built-in defaults: the engine's (DEFAULT_K, AUTO_DEFAULT_K, DEFAULT_NGRAM_SIZES,
-       DEFAULT_CTX_SIZE in engine.py, re-exported here) and the limits below
+    4. the built-in defaults below (DEFAULT_K, AUTO_DEFAULT_K, DEFAULT_NGRAM_SIZES,
+       DEFAULT_CTX_SIZE) and the limits
 
 Each rule is written once, here; the commands, the scripts and the help text (options.py) use
 these names rather than repeating a number.
@@ -15,10 +15,9 @@ these names rather than repeating a number.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional
 
-# Re-exported: options.py, the commands and the scripts read every default here.
-from .engine import AUTO_DEFAULT_K, DEFAULT_CTX_SIZE, DEFAULT_K, DEFAULT_NGRAM_SIZES, EngineConfig, default_k  # noqa: F401
 from .errors import UsageError
 from .registry import SILENT, FetchProgress
 from .rpc import parse_endpoints
@@ -30,6 +29,44 @@ MAX_DRAFT = 256  # a round verifies k + 1 tokens in one batch of at most n_batch
 NGRAM_SIZE_RANGE = (1, 16)  # an n-gram longer than 16 tokens almost never recurs
 MIN_CTX = 16
 MAX_CTX = 1 << 24  # llama.cpp takes n_ctx as uint32; larger values would silently wrap
+
+DEFAULT_K = 4
+# Auto mode's -k is only an upper bound: it picks each round's length itself. Long drafts pay
+# when the output copies a passage (summaries, RAG, edits, repetition): a perfect draft of 63
+# tokens verifies at 4.2x plain speed on a 2-core CPU, more on a GPU.
+AUTO_DEFAULT_K = 64
+
+
+def default_k(mode: str) -> int:
+    return AUTO_DEFAULT_K if mode == "auto" else DEFAULT_K
+
+
+DEFAULT_NGRAM_SIZES = (4, 3, 2)  # --mode ngram: a 4-token match first; 2 still finds short copies
+DEFAULT_CTX_SIZE = 4096  # room for a long prompt and its answer on a small machine's memory
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What the engine loads and how it speculates: every setting resolved and checked."""
+
+    target: str  # resolved path
+    draft: Optional[str] = None  # resolved path
+    mode: str = "auto"
+    k: int = DEFAULT_K
+    ngram_sizes: tuple[int, ...] = DEFAULT_NGRAM_SIZES
+    ctx_size: int = DEFAULT_CTX_SIZE
+    draft_ctx_size: Optional[int] = None
+    threads: Optional[int] = None
+    draft_threads: Optional[int] = None
+    n_gpu_layers: int = 0
+    draft_n_gpu_layers: Optional[int] = None
+    cross_vocab: bool = False
+    # Earlier outputs auto mode drafts from: None keeps them for this process (a --jsonl batch,
+    # a server), True also on disk between runs, False not at all.
+    memory: Optional[bool] = None
+    rpc: tuple[str, ...] = ()  # llama.cpp RPC workers ("host:port") holding the target's layers
+
+
 
 
 # -- checks (each raises UsageError naming the option) -----------------------------------------
@@ -118,7 +155,8 @@ def resolve_models(
     if model is None:
         pair, target_path, draft_path = registry.resolve_pair(progress=progress)
         draft = str(registry.resolve_model(draft_model, progress=progress)) if draft_model else str(draft_path)
-        settings = {"mode": pair.mode, "k": pair.k, "cross_vocab": pair.cross_vocab, "ngram_sizes": pair.ngram_sizes}
+        settings = {"mode": pair.mode, "k": pair.k, "cross_vocab": pair.cross_vocab, "ngram_sizes": pair.ngram_sizes,
+                    "memory": pair.memory}
         return str(target_path), draft, {key: value for key, value in settings.items() if value is not None}
     target = str(registry.resolve_model(model, progress=progress))
     draft = str(registry.resolve_model(draft_model, progress=progress)) if draft_model else None
@@ -174,6 +212,6 @@ def engine_config(
         n_gpu_layers=n_gpu_layers,
         draft_n_gpu_layers=draft_n_gpu_layers,
         cross_vocab=cross_vocab or bool(pair_settings.get("cross_vocab")),
-        memory=memory,
+        memory=memory if memory is not None else pair_settings.get("memory"),
         rpc=endpoints,
     )

@@ -17,42 +17,13 @@ from .compat import Compatibility, ensure_compatible
 from .crossvocab import CrossVocabDrafter
 from .drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter
 from .errors import IncompatibleModelsError, UsageError
+from . import paths
+from .config import (  # noqa: F401  (EngineConfig and the defaults are also importable from here)
+    AUTO_DEFAULT_K, DEFAULT_CTX_SIZE, DEFAULT_K, DEFAULT_NGRAM_SIZES, EngineConfig, check_draft_for_mode, default_k,
+)
 from .paths import cost_profile_path
 from .sampling import Sampler, SamplingParams
 from .speculative import DraftPolicy, FixedPolicy, Generation
-
-DEFAULT_K = 4
-# Auto mode's -k is only an upper bound: it picks each round's length itself. Long drafts pay
-# when the output copies a passage (summaries, RAG, edits, repetition): a perfect draft of 63
-# tokens verifies at 4.2x plain speed on a 2-core CPU, more on a GPU.
-AUTO_DEFAULT_K = 64
-
-
-def default_k(mode: str) -> int:
-    return AUTO_DEFAULT_K if mode == "auto" else DEFAULT_K
-DEFAULT_NGRAM_SIZES = (4, 3, 2)
-DEFAULT_CTX_SIZE = 4096
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    target: str  # resolved path
-    draft: Optional[str] = None  # resolved path
-    mode: str = "auto"
-    k: int = DEFAULT_K
-    ngram_sizes: tuple[int, ...] = DEFAULT_NGRAM_SIZES
-    ctx_size: int = DEFAULT_CTX_SIZE
-    draft_ctx_size: Optional[int] = None
-    threads: Optional[int] = None
-    draft_threads: Optional[int] = None
-    n_gpu_layers: int = 0
-    draft_n_gpu_layers: Optional[int] = None
-    cross_vocab: bool = False
-    # Earlier outputs auto mode drafts from: None keeps them for this process (a --jsonl batch,
-    # a server), True also on disk between runs, False not at all.
-    memory: Optional[bool] = None
-    rpc: tuple[str, ...] = ()  # llama.cpp RPC workers ("host:port") holding the target's layers
-
 
 @dataclass(frozen=True)
 class Request:
@@ -75,8 +46,7 @@ class Request:
 
 class Engine:
     def __init__(self, config: EngineConfig, *, warnings: Optional[list[str]] = None):
-        if config.mode == "draft" and not config.draft:
-            raise UsageError("--mode draft needs a draft model (-md)")
+        check_draft_for_mode(config.mode, has_draft=bool(config.draft))
         self.config = config
         self.warnings: list[str] = warnings if warnings is not None else []
         self.target_model: Optional[llama.Model] = None
@@ -164,8 +134,7 @@ class Engine:
             return FixedPolicy(NgramDrafter(cfg.ngram_sizes), k, mode="ngram")
         model_drafter = self._model_drafter(request)
         if mode == "draft":
-            if model_drafter is None:
-                raise UsageError("--mode draft needs a draft model (-md)")
+            check_draft_for_mode(mode, has_draft=model_drafter is not None)
             return FixedPolicy(model_drafter, k, mode="draft")
         if mode != "auto":
             raise UsageError(f"unknown mode {mode!r} (auto, draft, ngram or none)")
@@ -229,7 +198,7 @@ class Engine:
             return
         vocab = self.target_model.vocab.n_tokens
         key = f"{self.target_model.name}|{self.target_model.size_bytes}"
-        self._memory_file = memory_path(cost_profile_path().parent, key) if self.config.memory else None
+        self._memory_file = memory_path(paths.cache_dir(), key) if self.config.memory else None
         if self._memory_file is not None:
             self.memory = OutputMemory.load(self._memory_file, key, n_vocab=vocab)
         else:

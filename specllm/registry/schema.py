@@ -27,7 +27,7 @@ MODEL_KEYS = {
     "description", "file", "family", "size", "sha256",
     "path", "hf_repo", "hf_file", "hf_sha256", "pypi_parts", "pypi_version",
 }  # fmt: skip
-PAIR_KEYS = {"description", "target", "draft", "mode", "k", "ngram_min", "ngram_max", "cross_vocab"}
+PAIR_KEYS = {"description", "target", "draft", "mode", "k", "ngram_min", "ngram_max", "cross_vocab", "memory"}
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,7 @@ class Pair:
     ngram_min: Optional[int] = None
     ngram_max: Optional[int] = None
     cross_vocab: bool = False
+    memory: Optional[bool] = None  # keep earlier outputs on disk between runs (auto mode)
 
     @property
     def ngram_sizes(self) -> Optional[tuple[int, ...]]:
@@ -253,4 +254,5 @@ def _parse_pair(name: str, table: dict[str, Any], where: str, models: Mapping[st
         ngram_min=_take(table, "ngram_min", int, where),
         ngram_max=_take(table, "ngram_max", int, where),
         cross_vocab=bool(_take(table, "cross_vocab", bool, where)),
+        memory=_take(table, "memory", bool, where),
     )
