@@ -6,7 +6,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
 
@@ -187,3 +190,22 @@ def chi_square(counts: np.ndarray, probs: np.ndarray) -> tuple[float, int]:
 
 # The chi-square distribution's 0.999 quantile by degrees of freedom: a false alarm 1 time in 1000.
 CHI2_CRITICAL_P001 = {1: 10.8, 2: 13.8, 3: 16.3, 4: 18.5, 5: 20.5, 6: 22.5, 7: 24.3, 8: 26.1, 9: 27.9, 10: 29.6}
+
+
+def read_pty_until_exit(proc: subprocess.Popen, fd: int, timeout: float = 60) -> bytes:
+    """Everything written to the pseudo-terminal `fd` until the process exits (then waited for)."""
+    data, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # Linux: EIO once the other end has closed
+                break
+            if not chunk:
+                break
+            data += chunk
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    return data

@@ -33,6 +33,17 @@ def cpu_costs(scale: float = 1.0) -> CostModel:
     return costs
 
 
+def loaded_with_shape_3x_too_high(path) -> CostModel:
+    """A cost model loaded from a saved profile whose every T(n)/T(1) is 3x too high."""
+    poisoned = cpu_costs()
+    for point in poisoned.shape.values():
+        point.ratio *= 3
+    poisoned.save(path, "key")
+    costs = CostModel()
+    assert costs.load(path, "key")
+    return costs
+
+
 def test_expected_tokens_is_one_plus_survival_products():
     assert expected_tokens([]) == [1.0]
     assert expected_tokens([0.5, 0.5]) == pytest.approx([1.0, 1.5, 1.75])
@@ -74,13 +85,8 @@ def test_a_poisoned_speed_heals_with_the_first_plain_decode():
 
 
 def test_a_shape_3x_too_high_is_rescaled_by_one_fresh_measurement(tmp_path):
-    path = tmp_path / "costs.json"
-    poisoned = cpu_costs()
-    for point in poisoned.shape.values():
-        point.ratio *= 3
-    poisoned.save(path, "key")
-    costs = CostModel()
-    assert costs.load(path, "key") and costs.t1_fresh == 0
+    costs = loaded_with_shape_3x_too_high(tmp_path / "costs.json")
+    assert costs.t1_fresh == 0
     costs.observe_target(1, 0.090)
     assert costs.ratio(64) == pytest.approx(3 * 1358 / 90)
     assert costs.stale_size(65) == 2
@@ -216,13 +222,7 @@ def test_the_draft_model_is_used_when_its_rounds_pay_and_dropped_when_not():
 
 
 def test_a_3x_poisoned_shape_heals_within_a_few_dozen_rounds(tmp_path):
-    path = tmp_path / "costs.json"
-    poisoned = cpu_costs()
-    for point in poisoned.shape.values():
-        point.ratio *= 3
-    poisoned.save(path, "key")
-    costs = CostModel()
-    costs.load(path, "key")
+    costs = loaded_with_shape_3x_too_high(tmp_path / "costs.json")
     for n in (1, 3, 9):  # what the engine times when it loads a profile (LOAD_CHECK_SIZES)
         costs.observe_target(n, true_cpu_seconds(n))
     assert costs.ratio(64) == pytest.approx(1358 / 90, rel=0.15)  # rescaled before the first round

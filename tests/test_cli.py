@@ -7,36 +7,15 @@ from __future__ import annotations
 import json
 import os
 import pty
-import select
 import subprocess
-import time
 
 import pytest
 
-from helpers import PROMPT, generate, invoke, json_result, process_env, specllm_command
+from helpers import PROMPT, generate, invoke, json_result, process_env, read_pty_until_exit, specllm_command
 from specllm.llama import Model
 
 STATS_FIELDS = ("mode", "k", "rounds", "drafted", "accepted", "acceptance_rate", "mean_accepted_length",
                 "per_position_acceptance", "tokens_per_second", "prompt_tokens_per_second", "target_ms", "draft_ms")
-
-
-def read_until_exit(proc: subprocess.Popen, fd: int, timeout: float = 60) -> bytes:
-    """Everything written to the pty `fd` until the process exits."""
-    data, deadline = b"", time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if ready:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:  # the other end closed
-                break
-            if not chunk:
-                break
-            data += chunk
-        elif proc.poll() is not None:
-            break
-    proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    return data
 
 
 # -- where the prompt comes from --------------------------------------------------------------
@@ -120,7 +99,7 @@ def test_with_stderr_on_a_terminal_the_text_still_goes_to_stdout(tiny):
                             env=process_env())
     os.close(terminal)
     try:
-        screen = read_until_exit(proc, controller)
+        screen = read_pty_until_exit(proc, controller)
     finally:
         os.close(controller)
     stdout = proc.stdout.read()

@@ -12,17 +12,16 @@ import fcntl
 import io
 import os
 import pty
-import select
 import struct
 import subprocess
 import sys
 import termios
-import time
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
+from helpers import read_pty_until_exit
 from specllm.render import PARTIAL_ROWS_SHOWN, LivePanel, SharedScreen
 from specllm.stats import SpecStats
 
@@ -56,21 +55,9 @@ def run_in_terminal(command: list[str], env: dict[str, str], timeout: float = 12
     proc = subprocess.Popen(command, stdin=terminal, stdout=terminal, stderr=terminal, env=env,
                             start_new_session=True)
     os.close(terminal)
-    data, deadline = b"", time.monotonic() + timeout
     try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([controller], [], [], 0.1)
-            if ready:
-                try:
-                    chunk = os.read(controller, 65536)
-                except OSError:  # Linux: EIO once the other end has closed
-                    break
-                if not chunk:
-                    break
-                data += chunk
-            elif proc.poll() is not None:
-                break
-        code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        data = read_pty_until_exit(proc, controller, timeout)
+        code = proc.returncode
     finally:
         os.close(controller)
     screen = pyte.Screen(COLUMNS, ROWS)
