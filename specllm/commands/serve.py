@@ -18,8 +18,8 @@ from ..engine import Engine, Request
 from ..errors import UsageError
 from ..options import (
     CrossVocabOpt, CtxSizeOpt, DraftCtxSizeOpt, DraftGpuLayersOpt, DraftMaxOpt, DraftModelOpt, DraftThreadsOpt,
-    GpuLayersOpt, MinPOpt, ModelOpt, ModeOpt, NgramOpt, SAMPLING, SeedOpt, TempOpt, ThreadsOpt, TopKOpt, TopPOpt,
-    VerboseOpt,
+    GpuLayersOpt, MemoryOpt, MinPOpt, ModelOpt, ModeOpt, NgramOpt, RpcOpt, SAMPLING, SamplerOpt, SeedOpt, TempOpt,
+    ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt,
 )
 from .generate import build_request
 from ..server.worker import DEFAULT_QUEUE_SIZE
@@ -49,6 +49,9 @@ def serve(
     top_p: TopPOpt = 1.0,
     min_p: MinPOpt = 0.0,
     seed: SeedOpt = None,
+    sampler: SamplerOpt = None,
+    memory: MemoryOpt = None,
+    rpc: RpcOpt = None,
     max_tokens: Annotated[Optional[int], typer.Option(
         "-n", "--max-tokens", help="Most tokens per answer when a request sets no max_tokens (default: until the "
         "end of generation or a full context).", show_default=False, metavar="N", rich_help_panel=SAMPLING)] = None,
@@ -81,7 +84,7 @@ def serve(
         llama.set_verbose(verbose)
         _import_server()  # before anything else: without the extra, say so at once
         defaults = build_request(max_tokens=max_tokens, temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
-                                 chat=False, ignore_eos=False, truncate=False)
+                                 chat=False, ignore_eos=False, truncate=False, sampler=sampler)
         check_positive("--queue-size", queue_size, allow_zero=True)
         if not 0 <= port <= 65535:
             raise UsageError(f"--port must be between 0 and 65535, got {port}")
@@ -92,7 +95,8 @@ def serve(
             config = engine_config(
                 model=model, draft_model=draft_model, mode=mode, k=draft_max, ngram=ngram, ctx_size=ctx_size,
                 draft_ctx_size=draft_ctx_size, threads=threads, draft_threads=draft_threads, n_gpu_layers=n_gpu_layers,
-                draft_n_gpu_layers=draft_n_gpu_layers, cross_vocab=cross_vocab, progress=FetchBars(),
+                draft_n_gpu_layers=draft_n_gpu_layers, cross_vocab=cross_vocab, memory=memory, rpc=rpc,
+                progress=FetchBars(),
             )
             with Engine(config) as engine:
                 for message in engine.warnings:
