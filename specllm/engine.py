@@ -22,7 +22,7 @@ from .config import (  # noqa: F401  (EngineConfig and the defaults are also imp
     AUTO_DEFAULT_K, DEFAULT_CTX_SIZE, DEFAULT_K, DEFAULT_NGRAM_SIZES, EngineConfig, check_draft_for_mode, default_k,
 )
 from .paths import cost_profile_path
-from .sampling import Sampler, SamplingParams
+from .sampling import DEFAULT_SAMPLER, Sampler, SamplingParams
 from .speculative import DraftPolicy, FixedPolicy, Generation
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Request:
     mode: Optional[str] = None
     k: Optional[int] = None
     # "gumbel" (drafter-invariant: one seed, one text whatever the drafter) or "rejection".
-    sampler: str = "gumbel"
+    sampler: str = DEFAULT_SAMPLER
     # Stop strings (server): generation ends before the first one; they are not emitted.
     stop: tuple[str, ...] = ()
 

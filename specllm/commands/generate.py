@@ -21,7 +21,7 @@ from ..options import (
     SeedOpt, TempOpt, ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt,
 )
 from ..render import LiveDisplay, TextStream, acceptance_warning, stats_table
-from ..sampling import SamplingParams
+from ..sampling import DEFAULT_SAMPLER, SamplingParams
 from ..speculative import Generation, TokenEvent
 from .common import check_text_is_utf8, decode_utf8, read_stdin_text, stdin_is_terminal, stdin_lines
 
@@ -127,7 +127,7 @@ def build_request(*, max_tokens: int, temp: float, top_k: int, top_p: float, min
         chat=chat,
         ignore_eos=ignore_eos,
         truncate=truncate,
-        sampler=sampler or "gumbel",
+        sampler=sampler or DEFAULT_SAMPLER,
     )
 
 
