@@ -12,6 +12,7 @@ The alphas are learned from what the target actually accepted, per kind of evide
 
 from __future__ import annotations
 
+import bisect
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -26,15 +27,16 @@ def expected_tokens(alphas: Sequence[float]) -> list[float]:
     return out
 
 
+def draft_rates(alphas: Sequence[float], cost: Callable[[int], float]) -> list[float]:
+    """E(k) / cost(k), tokens per second, for k = 0..len(alphas)."""
+    return [e / c if c > 0 else 0.0 for e, c in ((e, cost(k)) for k, e in enumerate(expected_tokens(alphas)))]
+
+
 def best_draft_length(alphas: Sequence[float], cost: Callable[[int], float]) -> tuple[int, float]:
     """(k, tokens per second) maximizing E(k) / cost(k) over k = 0..len(alphas)."""
-    best_k, best_rate = 0, 0.0
-    for k, e in enumerate(expected_tokens(alphas)):
-        c = cost(k)
-        rate = e / c if c > 0 else 0.0
-        if rate > best_rate:
-            best_k, best_rate = k, rate
-    return best_k, best_rate
+    rates = draft_rates(alphas, cost)
+    k = max(range(len(rates)), key=rates.__getitem__)
+    return k, rates[k]
 
 
 class AcceptanceTable:
@@ -75,11 +77,11 @@ MAX_PRIOR = 0.97
 
 
 def match_bucket(match_length: int) -> int:
-    return max(b for b in MATCH_BUCKETS if b <= max(match_length, 1))
+    return MATCH_BUCKETS[max(bisect.bisect_right(MATCH_BUCKETS, match_length) - 1, 0)]
 
 
 def count_prob_bucket(prob: float) -> float:
-    return max(b for b in COUNT_PROB_BUCKETS if b <= prob)
+    return COUNT_PROB_BUCKETS[max(bisect.bisect_right(COUNT_PROB_BUCKETS, prob) - 1, 0)]
 
 
 class LookupAcceptance:

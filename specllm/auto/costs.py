@@ -72,6 +72,9 @@ class CostModel:
     t1_fresh: int = 0  # one-token decodes measured in this run
     rounds: int = 0
     last_plain_round: int = 0
+    # ratio(n) as last computed: asked for every candidate length of every draft each round,
+    # and a fitted or rescaled one walks every point. Emptied whenever the shape changes.
+    _ratios: dict[int, float] = field(default_factory=dict, repr=False, compare=False)
 
     # --- what the policy asks -------------------------------------------------------------
     def target_time(self, n: int) -> float:
@@ -92,6 +95,12 @@ class CostModel:
         """T(n) / T(1): measured in this run, else the saved profile rescaled, else fitted."""
         if n <= 1:
             return 1.0
+        cached = self._ratios.get(n)
+        if cached is None:
+            cached = self._ratios[n] = self._ratio(n)
+        return cached
+
+    def _ratio(self, n: int) -> float:
         point = self.shape.get(n)
         if point is not None and point.fresh:
             return point.ratio
@@ -154,6 +163,7 @@ class CostModel:
             return
         if not self.t1_fresh:
             return  # a ratio needs this run's T(1)
+        self._ratios.clear()
         point = self.shape.get(n)
         ratio = seconds / self.t1
         if point is None or not point.fresh:
@@ -176,6 +186,7 @@ class CostModel:
         if not plain:
             return
         self.t1, self.t1_fresh, self.last_plain_round = min(plain), 1, self.rounds
+        self._ratios.clear()
         for n, seconds in timed:
             if n > 1:
                 point = self.shape.get(n)
@@ -192,6 +203,7 @@ class CostModel:
         if not plain:
             return
         self.t1, self.t1_fresh = min(plain), 1
+        self._ratios.clear()
         for n in sizes:
             ratios = [b / a for (m0, a), (m1, b) in zip(times, times[1:]) if m0 == 1 and m1 == n and a > 0]
             if ratios:
@@ -245,6 +257,7 @@ class CostModel:
             return False
         self.t1, self.shape, self.draft_t1, self.model_rate_ratio = t1, shape, draft_t1, model_rate_ratio
         self.t1_fresh = 0
+        self._ratios.clear()
         return True
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..drafters import NO_DRAFT, Draft, Drafter
 from ..sampling import DraftChooser
-from .acceptance import ConfidenceAcceptance, LookupAcceptance, best_draft_length, expected_tokens
+from .acceptance import ConfidenceAcceptance, LookupAcceptance, best_draft_length, draft_rates, expected_tokens
 from .costs import CostModel
 
 # A draft must promise this much more tokens/s than a plain step: measured rates are noisy,
@@ -38,9 +38,10 @@ SHAPE_PROBE_INTERVAL = 8
 # Only a draft expected to come this close to plain decoding's rate is used for a probe: a
 # probe then costs a fraction of a step, and one that is far off would cost more than it tells.
 PROBE_MIN_RATE = 0.8
-# A draft model this far behind the text is not worth a look just to re-measure it: catching
-# up would cost more than the look can win back.
-MAX_EXPLORE_LAG = 8
+# A draft model whose cache lacks more than this many tokens of the prompt (it was not prefilled:
+# it did not pay when the generation began) is not used: catching up on a long prompt inside one
+# round costs more than its drafts can win back (1,000 tokens are seconds of a 0.5B model's time).
+MAX_MODEL_LAG = 8
 # Rounds between looks at a draft model whose rounds pay, and the most rounds between looks at
 # one that does not (the interval doubles after each look that did not pay).
 EXPLORE_INTERVAL = 16
@@ -125,8 +126,10 @@ class AutoPolicy:
         self.memory = memory  # earlier outputs: this generation's output is added at its end
         self._last_round: tuple[str, float] = ("none", 0.0)
         self._last_probe = 0
+        self._prompt_length = 0
 
     def begin(self, prompt: Sequence[int]) -> None:
+        self._prompt_length = len(prompt)
         for lookup in self.lookups:
             lookup.begin(prompt)
         if self.model is not None and self.learned.model_worth_trying(self.costs.plain_rate()):
@@ -152,19 +155,18 @@ class AutoPolicy:
             alphas = self.learned.lookup_acceptance(candidate.source).alphas(
                 candidate.ngram_size, candidate.confidence, len(candidate)
             )
-            cost = lambda k: self.costs.target_time(k + 1)  # noqa: E731
-            k, rate = best_draft_length(alphas, cost)
-            if k > 0 and rate > best_rate:
-                best, best_rate = candidate.prefix(k), rate
-            k_near, rate_near = best_draft_length(alphas, lambda k: cost(k) if k else float("inf"))
-            if rate_near > near_rate:
-                near, near_rate = candidate, rate_near
+            rates = draft_rates(alphas, lambda k: self.costs.target_time(k + 1))
+            k = max(range(1, len(rates)), key=rates.__getitem__)  # the best length of one token or more
+            if rates[k] > best_rate:
+                best, best_rate = candidate.prefix(k), rates[k]
+            if rates[k] > near_rate:
+                near, near_rate = candidate, rates[k]
         lookup_seconds = time.perf_counter() - start
 
-        if self.model is not None:
+        if self.model is not None and self._model_has_prompt():
             # The draft model when its rounds have been faster than the best lookup draft
             # (or plain), or, with nothing better at hand, when it is time to look again.
-            explore = self.learned.should_explore_model() and self._model_lag(history) <= MAX_EXPLORE_LAG
+            explore = self.learned.should_explore_model()
             if self.learned.model_rate(plain) > best_rate or (not best.tokens and explore):
                 return self._model_draft(history, k_max, choose)
         if not best.tokens and near_rate >= plain * PROBE_MIN_RATE:
@@ -181,10 +183,11 @@ class AutoPolicy:
         self._last_probe = self.learned.rounds
         return draft.prefix(n - 1)
 
-    def _model_lag(self, history: Sequence[int]) -> int:
-        """About how many tokens the draft model must decode before it can draft."""
+    def _model_has_prompt(self) -> bool:
+        """Does the draft model's cache hold (about) this prompt? Catching up on generated
+        tokens is a short batch; catching up on a whole prompt is not."""
         context = getattr(self.model, "context", None)
-        return len(history) - context.n_past if context is not None else 0
+        return context is None or context.n_past >= self._prompt_length - MAX_MODEL_LAG
 
     def _model_draft(self, history: Sequence[int], k_max: int, choose: DraftChooser) -> Draft:
         start = time.perf_counter()
