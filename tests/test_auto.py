@@ -161,6 +161,7 @@ class ScriptedModel:
 
     def propose(self, history, k, choose, keep_drafting=None) -> Draft:
         self.calls += 1
+        self.last_k = k
         confidence = [0.95] * min(k, 3)
         return Draft(tokens=[7] * len(confidence), source="model", confidence=confidence)
 
@@ -169,6 +170,7 @@ CHOOSE = DraftChooser(Sampler(SamplingParams()), 0)
 
 
 def run_rounds(policy: AutoPolicy, n: int, accept_all: bool = True, seconds=None) -> list[Draft]:
+    policy.begin([1, 2, 3])
     drafts = []
     for _ in range(n):
         draft = policy.draft([1, 2, 3], 1000, CHOOSE)
@@ -210,6 +212,7 @@ def test_the_draft_model_is_used_when_its_rounds_pay_and_dropped_when_not():
     learned = Learned()
     learned.start_from(2.0, plain_rate=1 / 0.09)  # earlier runs: model rounds at 2x plain
     policy = AutoPolicy([ScriptedLookup([], 0)], model, max_k=64, costs=cpu_costs(), learned=learned)
+    policy.begin([1, 2, 3])
     policy.draft([1, 2, 3], 1000, CHOOSE)
     assert model.calls == 1
 
@@ -262,3 +265,13 @@ def test_memory_receives_the_output():
     policy.end([4, 5, 6])
     policy.end([])
     assert memory.added == [[4, 5, 6]]
+
+
+def test_a_look_at_an_untried_draft_model_is_short_and_needs_the_prompt_in_its_cache():
+    model = ScriptedModel()
+    policy = AutoPolicy([ScriptedLookup([], 0)], model, max_k=64, costs=cpu_costs())
+    policy.draft([1, 2, 3], 1000, CHOOSE)
+    assert model.calls == 0  # begin() did not give it the prompt
+    policy.begin([1, 2, 3])
+    policy.draft([1, 2, 3], 1000, CHOOSE)
+    assert model.calls == 1 and model.last_k <= 4

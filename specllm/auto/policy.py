@@ -38,10 +38,9 @@ SHAPE_PROBE_INTERVAL = 8
 # Only a draft expected to come this close to plain decoding's rate is used for a probe: a
 # probe then costs a fraction of a step, and one that is far off would cost more than it tells.
 PROBE_MIN_RATE = 0.8
-# A draft model whose cache lacks more than this many tokens of the prompt (it was not prefilled:
-# it did not pay when the generation began) is not used: catching up on a long prompt inside one
-# round costs more than its drafts can win back (1,000 tokens are seconds of a 0.5B model's time).
-MAX_MODEL_LAG = 8
+# Most tokens a look at a draft model that is not known to pay may draft: enough to measure
+# its acceptance and speed, little enough that a look costs about one plain step.
+EXPLORE_MAX_K = 4
 # Rounds between looks at a draft model whose rounds pay, and the most rounds between looks at
 # one that does not (the interval doubles after each look that did not pay).
 EXPLORE_INTERVAL = 16
@@ -126,13 +125,17 @@ class AutoPolicy:
         self.memory = memory  # earlier outputs: this generation's output is added at its end
         self._last_round: tuple[str, float] = ("none", 0.0)
         self._last_probe = 0
-        self._prompt_length = 0
+        self._model_ready = False
 
     def begin(self, prompt: Sequence[int]) -> None:
-        self._prompt_length = len(prompt)
         for lookup in self.lookups:
             lookup.begin(prompt)
-        if self.model is not None and self.learned.model_worth_trying(self.costs.plain_rate()):
+        # The draft model takes part in this generation only if its cache gets the prompt now
+        # (prompt time): catching up on a whole prompt inside a round would cost seconds.
+        self._model_ready = self.model is not None and (
+            self.learned.model_worth_trying(self.costs.plain_rate()) or self.learned.should_explore_model()
+        )
+        if self._model_ready:
             self.model.begin(prompt)
 
     def end(self, output: Sequence[int]) -> None:
@@ -163,12 +166,14 @@ class AutoPolicy:
                 near, near_rate = candidate, rates[k]
         lookup_seconds = time.perf_counter() - start
 
-        if self.model is not None and self._model_has_prompt():
+        if self._model_ready:
             # The draft model when its rounds have been faster than the best lookup draft
-            # (or plain), or, with nothing better at hand, when it is time to look again.
-            explore = self.learned.should_explore_model()
-            if self.learned.model_rate(plain) > best_rate or (not best.tokens and explore):
+            # (or plain); or, with nothing better at hand, a short look when it is time to look
+            # again (a look costs a few draft tokens, not a full-length draft).
+            if self.learned.model_rate(plain) > best_rate:
                 return self._model_draft(history, k_max, choose)
+            if not best.tokens and self.learned.should_explore_model():
+                return self._model_draft(history, min(k_max, EXPLORE_MAX_K), choose)
         if not best.tokens and near_rate >= plain * PROBE_MIN_RATE:
             best = self._probe(near)
         return self._chosen(best, lookup_seconds)
@@ -182,12 +187,6 @@ class AutoPolicy:
             return NO_DRAFT
         self._last_probe = self.learned.rounds
         return draft.prefix(n - 1)
-
-    def _model_has_prompt(self) -> bool:
-        """Does the draft model's cache hold (about) this prompt? Catching up on generated
-        tokens is a short batch; catching up on a whole prompt is not."""
-        context = getattr(self.model, "context", None)
-        return context is None or context.n_past >= self._prompt_length - MAX_MODEL_LAG
 
     def _model_draft(self, history: Sequence[int], k_max: int, choose: DraftChooser) -> Draft:
         start = time.perf_counter()
