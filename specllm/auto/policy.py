@@ -170,7 +170,7 @@ class AutoPolicy:
             # The draft model when its rounds have been faster than the best lookup draft
             # (or plain); or, with nothing better at hand, a short look when it is time to look
             # again (a look costs a few draft tokens, not a full-length draft).
-            if self.learned.model_rate(plain) > best_rate:
+            if self.learned.model_rounds_rate is not None and self.learned.model_rate(plain) > best_rate:
                 return self._model_draft(history, k_max, choose)
             if not best.tokens and self.learned.should_explore_model():
                 return self._model_draft(history, min(k_max, EXPLORE_MAX_K), choose)
