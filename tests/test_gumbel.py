@@ -14,7 +14,6 @@ from specllm.sampling import (
     SamplingParams,
     filter_logits,
     gumbel_choice,
-    logits_to_probs,
     support,
     verify_rejection,
 )

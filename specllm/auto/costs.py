@@ -87,10 +87,6 @@ class CostModel:
     def draft_time(self, n: int = 1) -> float:
         return self.draft_t1 * n
 
-    @property
-    def calibrated(self) -> bool:
-        return self.t1 > 0 and bool(self.shape)
-
     def ratio(self, n: int) -> float:
         """T(n) / T(1): measured in this run, else the saved profile rescaled, else fitted."""
         if n <= 1:
