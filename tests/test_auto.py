@@ -275,3 +275,62 @@ def test_a_look_at_an_untried_draft_model_is_short_and_needs_the_prompt_in_its_c
     policy.begin([1, 2, 3])
     policy.draft([1, 2, 3], 1000, CHOOSE)
     assert model.calls == 1 and model.last_k <= 4
+
+
+def test_a_confirmed_copy_earns_longer_drafts_as_its_match_grows():
+    # Draft i after a match of m tokens is verified only when the text's end matches m + i
+    # tokens: its alpha is that of the longer match.
+    acceptance = Learned().lookup_acceptance("suffix")
+    alphas = acceptance.alphas(12, None, 60)
+    assert alphas == sorted(alphas) and alphas[-1] > alphas[0]
+    assert alphas[20] == pytest.approx(acceptance.alphas(32, None, 1)[0])
+    # Observations land on the match length each draft was verified at.
+    policy = AutoPolicy([ScriptedLookup(list(range(100)), 12)], None, max_k=64, costs=cpu_costs())
+    policy._last_round = ("suffix", 0.0)
+    policy.observe(Draft(tokens=list(range(30)), source="suffix", ngram_size=12, confidence=[1.0] * 30), 30, 0.6)
+    table = policy.learned.lookup_acceptance("suffix").table
+    assert (32, 0.999) in table.counts and table.counts[(10, 0.999)][1] == pytest.approx(4, rel=0.02)
+
+
+def test_a_large_size_priced_too_high_is_tried_and_corrected():
+    # Sizes up to 16 measured in this run; the larger ones only saved, 20% too high. Without
+    # optimism about unmeasured sizes, a perfect copy would stay at 15-token drafts for good.
+    costs = cpu_costs()
+    for n, point in costs.shape.items():
+        if n > 16:
+            point.ratio *= 1.2
+            point.fresh = 0
+    policy = AutoPolicy([ScriptedLookup(list(range(100)), 40)], None, max_k=64, costs=costs)
+    drafts = run_rounds(policy, 12, seconds=true_cpu_seconds)
+    assert costs.shape[64].fresh and costs.ratio(64) == pytest.approx(1358 / 90)
+    assert all(len(d) >= 48 for d in drafts[-4:]), [len(d) for d in drafts]
+
+
+def test_between_two_measured_sizes_their_line_beats_a_saved_point():
+    costs = CostModel(t1=0.1, t1_fresh=1, shape={
+        8: ShapePoint(4.0, fresh=1), 16: ShapePoint(20.0, saved=20.0), 32: ShapePoint(8.0, fresh=1)})
+    assert costs.ratio(16) == pytest.approx(4.0 + 4.0 * 8 / 24)
+    assert costs.ratio(24) == pytest.approx(4.0 + 4.0 * 16 / 24)
+
+
+def test_a_new_generation_keeps_little_of_the_last_ones_lookup_acceptance():
+    # A raw summary copies its article for hundreds of tokens; the next prompt (a chat
+    # summary that paraphrases) must not start out betting long copies on that evidence.
+    learned = Learned()
+    acceptance = learned.lookup_acceptance("suffix")
+    fresh = acceptance.alphas(10, None, 1)[0]
+    for _ in range(300):
+        acceptance.observe(12, 1.0, True)
+    assert acceptance.alphas(10, None, 1)[0] > 0.97
+    policy = AutoPolicy([ScriptedLookup([], 0)], None, max_k=64, costs=cpu_costs(), learned=learned)
+    policy.begin([1, 2, 3])
+    assert acceptance.alphas(10, None, 1)[0] < fresh + 0.5 * (1 - fresh)
+
+
+def test_lucky_short_drafts_do_not_make_a_long_bet_look_certain():
+    acceptance = Learned().lookup_acceptance("suffix")
+    before = acceptance.alphas(10, None, 1)[0]
+    acceptance.observe(4, 1.0, True)  # two short matches that happened to continue
+    acceptance.observe(6, 1.0, True)
+    after = acceptance.alphas(10, None, 1)[0]
+    assert before < after < before + 0.05

@@ -131,7 +131,8 @@ def report(runs: list[Run], configs: list[Config], settings: Settings, *, as_jso
     if not runs:
         return ""
     lines = [table(rows, configs), ""]
-    lines.append(f"decode tokens/s, mean over prompts; {settings.n_predict} new tokens, greedy, {settings.threads} "
+    lines.append(f"decode tokens/s, mean over prompts; {settings.n_predict} new tokens (specllm: as many as llama.cpp's "
+                 f"speculative runs emitted, unless --no-equal-tokens), greedy, {settings.threads} "
                  f"threads, -ngl {settings.n_gpu_layers}; {settings.prompt_format} prompts; llama.cpp from "
                  f"llama-cpp-python {version}")
     lines.append("k=K: draft model, K tokens per round; ngram-s / ngram-m: llama.cpp's --spec-type ngram-simple / "

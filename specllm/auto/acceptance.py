@@ -5,8 +5,11 @@ expectation, alpha_i being the chance that draft i is accepted when the ones bef
 The alphas are learned from what the target actually accepted, per kind of evidence:
 
 - lookup drafts (suffix index over the text so far, or over earlier outputs): by how long the
-  match is (2-3 tokens is often chance, 16+ is a copy that tends to go on) and by the
-  count-based probability of the drafted token (several different continuations seen: less sure);
+  match is where the token is drafted (2-3 tokens is often chance, 16+ is a copy that tends to
+  go on) and by the count-based probability of the drafted token (several different
+  continuations seen: less sure). Draft i of a match of m tokens is judged at match length
+  m + i: it is verified only if the i drafts before it were accepted, and then the text's end
+  matches m + i tokens. So a confirmed copy earns longer drafts as it goes on;
 - model drafts: by the draft model's own probability of the token (its confidence).
 """
 
@@ -53,6 +56,12 @@ class AcceptanceTable:
         accepted, seen = self.counts.get(key, (0.0, 0.0))
         return (accepted + self.prior_weight * self.prior(key)) / (seen + self.prior_weight)
 
+    def shrink(self, most: float) -> None:
+        """Keep what each key observed so far as at most `most` observations' worth."""
+        for c in self.counts.values():
+            if c[1] > most:
+                c[0], c[1] = c[0] * most / c[1], most
+
     def observe(self, key, accepted: bool) -> None:
         c = self.counts.setdefault(key, [0.0, 0.0])
         c[0] = c[0] * self.fade + float(accepted)
@@ -60,9 +69,12 @@ class AcceptanceTable:
 
 
 # Match-length buckets (lower bounds) and how often a draft after such a match is accepted
-# before anything is learned: a match of 1-3 tokens is often chance, 16+ tokens is a copy.
-MATCH_BUCKETS = (1, 2, 3, 4, 6, 10, 16, 32)
-MATCH_PRIOR = {1: 0.15, 2: 0.25, 3: 0.35, 4: 0.45, 6: 0.6, 10: 0.75, 16: 0.85, 32: 0.95}
+# before anything is learned: a match of 1-3 tokens is often chance, 16+ tokens is a copy, and
+# a copy that has gone on for 32-64 tokens rarely stops at the next one. On a CPU only such
+# near-certain drafts pay at 32-64 tokens (a wrong draft of 64 costs 15-30 plain steps), so
+# the long buckets carry the copy's whole case; the learned counts correct them either way.
+MATCH_BUCKETS = (1, 2, 3, 4, 6, 10, 16, 24, 32, 64)
+MATCH_PRIOR = {1: 0.25, 2: 0.4, 3: 0.5, 4: 0.55, 6: 0.7, 10: 0.8, 16: 0.95, 24: 0.97, 32: 0.98, 64: 0.99}
 # Buckets of the count-based probability of a drafted token (lower bounds).
 COUNT_PROB_BUCKETS = (0.0, 0.3, 0.5, 0.7, 0.9, 0.999)
 # Prior weight in observations: two rounds of evidence outweigh a guess.
@@ -72,8 +84,16 @@ LOOKUP_PRIOR_WEIGHT = 2.0
 LOOKUP_FADE = 0.995
 # Fade of the generation-wide scale of lookup priors (about the last 30 positions).
 SCALE_FADE = 0.97
+# Pseudo-observations behind the scale's start at 1: two lucky drafts move it by about 10%.
+SCALE_PRIOR_WEIGHT = 4.0
+# What a new generation keeps of the lookup acceptance learned in earlier ones (a --jsonl batch,
+# the server), per key in observations, and of the scale, as a fraction: a little, since one
+# prompt's copies say little about the next one's (a raw summary copies its article for
+# hundreds of tokens, a chat summary paraphrases it).
+CARRY_OVER_OBSERVATIONS = 1.0
+CARRY_OVER = 0.1
 # No prior is raised above this by the scale: a guess is never certainty.
-MAX_PRIOR = 0.97
+MAX_PRIOR = 0.99
 
 
 def match_bucket(match_length: int) -> int:
@@ -92,10 +112,16 @@ class LookupAcceptance:
     not tried yet should inherit that rather than a fixed guess.
     """
 
-    def __init__(self):
+    def __init__(self, match_weight: float = 1.0):
+        self.match_weight = match_weight  # how many tokens of the text's own match one matched token is worth
         self.table = AcceptanceTable(self._prior, LOOKUP_PRIOR_WEIGHT, LOOKUP_FADE)
-        self._accepted = 1.0  # fading sums of outcomes and of static guesses, prior 1:1
-        self._expected = 1.0
+        # Fading sums of outcomes and of static guesses, starting at SCALE_PRIOR_WEIGHT each.
+        self._accepted = self._expected = SCALE_PRIOR_WEIGHT
+
+    def begin_generation(self) -> None:
+        self.table.shrink(CARRY_OVER_OBSERVATIONS)
+        self._accepted = SCALE_PRIOR_WEIGHT + CARRY_OVER * (self._accepted - SCALE_PRIOR_WEIGHT)
+        self._expected = SCALE_PRIOR_WEIGHT + CARRY_OVER * (self._expected - SCALE_PRIOR_WEIGHT)
 
     @staticmethod
     def static_prior(key) -> float:
@@ -103,21 +129,32 @@ class LookupAcceptance:
         return MATCH_PRIOR[bucket] * max(prob, 0.2)
 
     def _prior(self, key) -> float:
-        return min(self.static_prior(key) * self._accepted / self._expected, MAX_PRIOR)
+        # The scale multiplies the odds, not the probability: a few lucky short drafts must not
+        # turn a 0.75 guess into near-certainty (a 32-token bet that fails costs 15 plain steps).
+        prior = self.static_prior(key)
+        odds = prior / (1.0 - prior) * self._accepted / self._expected
+        return min(odds / (1.0 + odds), MAX_PRIOR)
 
-    @staticmethod
-    def key(match_length: int, prob: float) -> tuple[int, float]:
-        return match_bucket(match_length), count_prob_bucket(prob)
+    def key(self, match_length: int, prob: float) -> tuple[int, float]:
+        return match_bucket(int(match_length * self.match_weight)), count_prob_bucket(prob)
 
     def alphas(self, match_length: int, probs: Optional[Sequence[float]], n: int) -> list[float]:
+        """alpha of each of n drafts after a match of match_length tokens (draft i at m + i)."""
         probs = probs if probs is not None else [1.0] * n
-        return [self.table.estimate(self.key(match_length, p)) for p in probs[:n]]
+        return [self.table.estimate(self.key(match_length + i, p)) for i, p in enumerate(probs[:n])]
 
     def observe(self, match_length: int, prob: float, accepted: bool) -> None:
+        """One verified draft, drafted where the text's end matched match_length tokens."""
         key = self.key(match_length, prob)
         self._accepted = SCALE_FADE * self._accepted + float(accepted)
         self._expected = SCALE_FADE * self._expected + self.static_prior(key)
         self.table.observe(key, accepted)
+
+
+# A match in the memory of earlier outputs counts as a match of half as many tokens in the
+# text's own history: the same words in another answer to another prompt are often followed by
+# something else (boilerplate such as `doctest.testmod()  # ...` ends differently each time).
+MEMORY_MATCH_WEIGHT = 0.5
 
 
 # Edges of the draft model's confidence buckets; the prior of a bucket is its middle.

@@ -46,9 +46,11 @@ CALIBRATION_REPEATS = 2
 # Sizes timed when a saved profile is loaded: T(1) twice (the faster counts), and two sizes
 # whose ratio to it says how far the saved shape is off (about 0.7 s on a 2-core CPU).
 LOAD_CHECK_SIZES = (1, 1, 3, 9)
-# Sizes probed during a run when it has not measured them yet. Only small ones: one fresh size
-# is enough to rescale the whole saved shape, and a probe of 64 tokens would cost 14 plain steps.
-PROBE_LADDER = (2, 3, 5)
+# Sizes probed during a run when it has not measured them yet: only T(2), the cost of a
+# one-token draft. The load check has measured 3 and 9 already, which rescale the whole saved
+# shape; larger sizes are measured by the drafts that use them (see the policy's
+# UNMEASURED_OPTIMISM), and a rejected probe of 5 tokens would cost 2-3 plain steps.
+PROBE_LADDER = (2,)
 # A fresh shape point needs this many measurements before it is saved for the next run.
 MIN_OBSERVATIONS_TO_SAVE = 2
 
@@ -100,9 +102,19 @@ class CostModel:
         point = self.shape.get(n)
         if point is not None and point.fresh:
             return point.ratio
+        # Between two sizes this run measured, their line: a saved point in between may come
+        # from a busy spell, and this run's own measurements around it are better evidence.
+        fresh = sorted((m, p.ratio) for m, p in self.shape.items() if p.fresh)
+        bracketed = _interpolate(fresh, n)
+        if bracketed is not None:
+            return bracketed
         if point is not None:
             return point.ratio * self._stale_correction()
         return self._fitted(n)
+
+    def measured_up_to(self) -> int:
+        """The largest batch size this run has measured (1: none but T(1))."""
+        return max((n for n, p in self.shape.items() if p.fresh), default=1)
 
     def _stale_correction(self) -> float:
         """How far this run's measurements are from the saved profile (geometric mean over the

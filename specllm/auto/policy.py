@@ -27,7 +27,9 @@ import numpy as np
 
 from ..drafters import NO_DRAFT, Draft, Drafter
 from ..sampling import DraftChooser
-from .acceptance import ConfidenceAcceptance, LookupAcceptance, best_draft_length, draft_rates, expected_tokens
+from .acceptance import (
+    MEMORY_MATCH_WEIGHT, ConfidenceAcceptance, LookupAcceptance, best_draft_length, draft_rates, expected_tokens,
+)
 from .costs import CostModel
 
 # A draft must promise this much more tokens/s than a plain step: measured rates are noisy,
@@ -49,6 +51,12 @@ MAX_EXPLORE_INTERVAL = 1024
 UNTRIED_MODEL_OPTIMISM = 1.5
 # Weight of the latest model round in the model's measured rate.
 MODEL_RATE_EMA = 0.3
+# Batch sizes above the largest one this run has measured are priced this much cheaper when
+# the length of a lookup draft that pays is chosen. Their cost comes from a saved profile or a
+# fitted line; one that is too high would never be chosen, so never corrected, and long copies
+# would be cut short for good. A wrong guess costs at most this fraction of one round, once per
+# size: the round measures it.
+UNMEASURED_OPTIMISM = 1.25
 
 
 class Learned:
@@ -63,7 +71,9 @@ class Learned:
         self.explore_interval = EXPLORE_INTERVAL
 
     def lookup_acceptance(self, source: str) -> LookupAcceptance:
-        return self.lookup.setdefault(source, LookupAcceptance())
+        if source not in self.lookup:
+            self.lookup[source] = LookupAcceptance(MEMORY_MATCH_WEIGHT if source == "memory" else 1.0)
+        return self.lookup[source]
 
     def model_rate(self, plain_rate: float) -> float:
         if self.model_rounds_rate is None:
@@ -130,6 +140,8 @@ class AutoPolicy:
     def begin(self, prompt: Sequence[int]) -> None:
         for lookup in self.lookups:
             lookup.begin(prompt)
+        for acceptance in self.learned.lookup.values():
+            acceptance.begin_generation()
         # The draft model takes part in this generation only if its cache gets the prompt now
         # (prompt time): catching up on a whole prompt inside a round would cost seconds.
         self._model_ready = self.model is not None and (
@@ -161,7 +173,11 @@ class AutoPolicy:
             rates = draft_rates(alphas, lambda k: self.costs.target_time(k + 1))
             k = max(range(1, len(rates)), key=rates.__getitem__)  # the best length of one token or more
             if rates[k] > best_rate:
-                best, best_rate = candidate.prefix(k), rates[k]
+                # It pays; how long: with unmeasured sizes priced optimistically (see
+                # UNMEASURED_OPTIMISM), which lengthens a paying draft but never makes one pay.
+                hopeful = draft_rates(alphas, self._hopeful_verify_time)
+                long_k = max(range(1, len(hopeful)), key=hopeful.__getitem__)
+                best, best_rate = candidate.prefix(long_k), rates[k]
             if rates[k] > near_rate:
                 near, near_rate = candidate, rates[k]
         lookup_seconds = time.perf_counter() - start
@@ -177,6 +193,11 @@ class AutoPolicy:
         if not best.tokens and near_rate >= plain * PROBE_MIN_RATE:
             best = self._probe(near)
         return self._chosen(best, lookup_seconds)
+
+    def _hopeful_verify_time(self, k: int) -> float:
+        """What verifying k drafts is taken to cost when choosing a paying lookup draft's length."""
+        seconds = self.costs.target_time(k + 1)
+        return seconds / UNMEASURED_OPTIMISM if k + 1 > self.costs.measured_up_to() else seconds
 
     def _probe(self, draft: Draft) -> Draft:
         """A lookup draft cut to a batch size this run has not measured yet, now and then."""
@@ -234,5 +255,5 @@ class AutoPolicy:
             table = self.learned.lookup_acceptance(source)
             probs = draft.confidence or [1.0] * len(draft)
             for i in range(verified):
-                table.observe(draft.ngram_size, probs[i], i < n_accepted)
+                table.observe(draft.ngram_size + i, probs[i], i < n_accepted)
         self.learned.rounds += 1

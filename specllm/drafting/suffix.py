@@ -50,8 +50,10 @@ COUNT_DEPTH = 64
 # (SuffixDecoding's default min_token_prob): a less likely tail costs more than it wins.
 MIN_PROB = 0.1
 # A match of m tokens drafts at most MAX_REACH * m tokens: short matches predict short copies
-# (as auto mode's MATCH_REACH for n-grams, SuffixDecoding's max_spec_factor).
-MAX_REACH = 2.0
+# (SuffixDecoding's max_spec_factor). Generous, because auto mode cuts each draft to the length
+# its learned acceptance pays for (a copy confirmed for 12 tokens often goes on for 48 more,
+# as llama.cpp's ngram-mod bets); fixed modes draft what they get.
+MAX_REACH = 4.0
 # A matcher re-matches at most this many of its last fed tokens after its index is rebuilt.
 REFEED_WINDOW = 1024
 # History counts as an extension of what was indexed when these last indexed tokens agree
