@@ -226,7 +226,7 @@ def test_the_draft_model_is_used_when_its_rounds_pay_and_dropped_when_not():
 
 def test_a_3x_poisoned_shape_heals_within_a_few_dozen_rounds(tmp_path):
     costs = loaded_with_shape_3x_too_high(tmp_path / "costs.json")
-    for n in (1, 3, 9):  # what the engine times when it loads a profile (LOAD_CHECK_SIZES)
+    for n in (1, 2, 3, 9):  # what the engine times when it loads a profile (LOAD_CHECK_SIZES)
         costs.observe_target(n, true_cpu_seconds(n))
     assert costs.ratio(64) == pytest.approx(1358 / 90, rel=0.15)  # rescaled before the first round
     policy = AutoPolicy([ScriptedLookup(list(range(100)), 12)], None, max_k=64, costs=costs)

@@ -43,13 +43,14 @@ PLAIN_PROBE_INTERVAL = 64
 CALIBRATION_SIZES = (1, 2, 3, 4, 5, 6, 8, 9, 12, 16, 17, 24, 32, 33, 48, 64, 65)
 # Each calibration size is timed this many times (the fastest counts: load only slows).
 CALIBRATION_REPEATS = 2
-# Sizes timed when a saved profile is loaded: T(1) twice (the faster counts), and two sizes
-# whose ratio to it says how far the saved shape is off (about 0.7 s on a 2-core CPU).
-LOAD_CHECK_SIZES = (1, 1, 3, 9)
+# Sizes timed when a saved profile is loaded: T(1) twice (the faster counts), T(2) (what a
+# one-token draft costs, the first step of every copy), and two sizes whose ratio to it says
+# how far the saved shape is off (about 0.8 s on a 2-core CPU).
+LOAD_CHECK_SIZES = (1, 1, 2, 3, 9)
 # Sizes probed during a run when it has not measured them yet: only T(2), the cost of a
-# one-token draft. The load check has measured 3 and 9 already, which rescale the whole saved
-# shape; larger sizes are measured by the drafts that use them (see the policy's
-# UNMEASURED_OPTIMISM), and a rejected probe of 5 tokens would cost 2-3 plain steps.
+# one-token draft (a calibration or a load check has usually measured it). Larger sizes are
+# measured by the drafts that use them (see the policy's UNMEASURED_OPTIMISM); a rejected
+# probe of 5 tokens would cost 2-3 plain steps.
 PROBE_LADDER = (2,)
 # A fresh shape point needs this many measurements before it is saved for the next run.
 MIN_OBSERVATIONS_TO_SAVE = 2

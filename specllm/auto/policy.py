@@ -96,7 +96,7 @@ class Learned:
         return self.model_rounds_rate / plain_rate
 
     def model_worth_trying(self, plain_rate: float) -> bool:
-        return self.model_rate(plain_rate) > plain_rate
+        return self.model_rate(plain_rate) > plain_rate * MARGIN  # a saved 1.00x is noise, not a gain
 
     def should_explore_model(self) -> bool:
         return self.last_model_round is None or self.rounds - self.last_model_round >= self.explore_interval
