@@ -206,7 +206,7 @@ class Engine:
 
     def _save_auto_profile(self) -> None:
         """Keep the refined costs and the draft model's verdict for the next run."""
-        ratio = self.learned.model_rate_ratio(self.costs.plain_rate())
+        ratio = self.learned.model_verdict_to_save(self.costs.plain_rate())
         if ratio is not None:
             self.costs.model_rate_ratio = ratio
         self.costs.save(cost_profile_path(), self._profile_key)

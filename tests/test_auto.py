@@ -334,3 +334,13 @@ def test_lucky_short_drafts_do_not_make_a_long_bet_look_certain():
     acceptance.observe(6, 1.0, True)
     after = acceptance.alphas(10, None, 1)[0]
     assert before < after < before + 0.05
+
+
+def test_one_lucky_model_round_is_not_saved_as_a_verdict():
+    learned = Learned()
+    learned.start_from(0.9, plain_rate=10.0)
+    learned.observe_model_round(13.0, plain_rate=10.0)  # one look, 4 of 4 accepted
+    assert learned.model_verdict_to_save(10.0) is None  # the saved 0.9 stays
+    for _ in range(2):
+        learned.observe_model_round(8.0, plain_rate=10.0)
+    assert learned.model_verdict_to_save(10.0) == pytest.approx(learned.model_rate_ratio(10.0))

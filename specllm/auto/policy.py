@@ -51,6 +51,10 @@ MAX_EXPLORE_INTERVAL = 1024
 UNTRIED_MODEL_OPTIMISM = 1.5
 # Weight of the latest model round in the model's measured rate.
 MODEL_RATE_EMA = 0.3
+# Model rounds a run must have measured before its verdict on the draft model is saved for the
+# next run: one lucky look (4 of 4 accepted in a quiet moment) once saved 1.17x plain on a CPU
+# where model rounds lose, and the next runs began by drafting with the model.
+MIN_MODEL_ROUNDS_TO_SAVE = 3
 # Batch sizes above the largest one this run has measured are priced this much cheaper when
 # the length of a lookup draft that pays is chosen. Their cost comes from a saved profile or a
 # fitted line; one that is too high would never be chosen, so never corrected, and long copies
@@ -69,6 +73,7 @@ class Learned:
         self.rounds = 0
         self.last_model_round: Optional[int] = None  # None: never looked at
         self.explore_interval = EXPLORE_INTERVAL
+        self.model_rounds_measured = 0  # in this run (start_from does not count)
 
     def lookup_acceptance(self, source: str) -> LookupAcceptance:
         if source not in self.lookup:
@@ -95,6 +100,12 @@ class Learned:
             return None
         return self.model_rounds_rate / plain_rate
 
+    def model_verdict_to_save(self, plain_rate: float) -> Optional[float]:
+        """The model's rate relative to plain, if this run measured enough rounds to tell."""
+        if self.model_rounds_measured < MIN_MODEL_ROUNDS_TO_SAVE:
+            return None
+        return self.model_rate_ratio(plain_rate)
+
     def model_worth_trying(self, plain_rate: float) -> bool:
         return self.model_rate(plain_rate) > plain_rate * MARGIN  # a saved 1.00x is noise, not a gain
 
@@ -107,6 +118,7 @@ class Learned:
             tokens_per_second if old is None else (1 - MODEL_RATE_EMA) * old + MODEL_RATE_EMA * tokens_per_second
         )
         self.last_model_round = self.rounds
+        self.model_rounds_measured += 1
         # Where model drafts do not pay, look again less and less often.
         if self.model_rounds_rate < plain_rate:
             self.explore_interval = min(self.explore_interval * 2, MAX_EXPLORE_INTERVAL)
