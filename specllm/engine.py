@@ -147,10 +147,9 @@ class Engine:
 
     def _lookup_drafters(self) -> list[Drafter]:
         """Free drafts: the suffix index over the text so far, and over earlier outputs."""
-        from .drafting.suffix import MemoryDrafter, SuffixDrafter
+        from .drafting.suffix import lookup_drafters
 
-        suffix = SuffixDrafter(self.memory)
-        return [suffix, MemoryDrafter(suffix)]
+        return lookup_drafters(self.memory)
 
     def _model_drafter(self, request: Request) -> Optional[Drafter]:
         if self.draft is None:

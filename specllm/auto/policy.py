@@ -175,6 +175,7 @@ class AutoPolicy:
         start = time.perf_counter()
         best, best_rate = NO_DRAFT, plain * MARGIN
         near, near_rate = NO_DRAFT, 0.0  # the best candidate at one token or more, paying or not
+        measured = None  # the largest batch size this run has measured, once a draft pays
         for lookup in self.lookups:
             candidate = lookup.propose(history, k_max, choose)
             if not candidate.tokens:
@@ -187,7 +188,9 @@ class AutoPolicy:
             if rates[k] > best_rate:
                 # It pays; how long: with unmeasured sizes priced optimistically (see
                 # UNMEASURED_OPTIMISM), which lengthens a paying draft but never makes one pay.
-                hopeful = draft_rates(alphas, self._hopeful_verify_time)
+                if measured is None:
+                    measured = self.costs.measured_up_to()
+                hopeful = draft_rates(alphas, lambda k: self._hopeful_verify_time(k, measured))
                 long_k = max(range(1, len(hopeful)), key=hopeful.__getitem__)
                 best, best_rate = candidate.prefix(long_k), rates[k]
             if rates[k] > near_rate:
@@ -206,10 +209,10 @@ class AutoPolicy:
             best = self._probe(near)
         return self._chosen(best, lookup_seconds)
 
-    def _hopeful_verify_time(self, k: int) -> float:
+    def _hopeful_verify_time(self, k: int, measured_up_to: int) -> float:
         """What verifying k drafts is taken to cost when choosing a paying lookup draft's length."""
         seconds = self.costs.target_time(k + 1)
-        return seconds / UNMEASURED_OPTIMISM if k + 1 > self.costs.measured_up_to() else seconds
+        return seconds / UNMEASURED_OPTIMISM if k + 1 > measured_up_to else seconds
 
     def _probe(self, draft: Draft) -> Draft:
         """A lookup draft cut to a batch size this run has not measured yet, now and then."""

@@ -405,3 +405,9 @@ class MemoryDrafter:
         if draft.tokens:
             draft.source = self.name
         return draft
+
+
+def lookup_drafters(memory: "OutputMemory | None" = None) -> list:
+    """Auto mode's free drafters: the suffix index over the text so far, and over `memory`."""
+    suffix = SuffixDrafter(memory)
+    return [suffix, MemoryDrafter(suffix)]
