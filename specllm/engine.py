@@ -16,7 +16,7 @@ from . import llama
 from .compat import Compatibility, ensure_compatible
 from .crossvocab import CrossVocabDrafter
 from .drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter
-from .errors import IncompatibleModelsError, UsageError
+from .errors import IncompatibleModelsError, ModelLoadError, UsageError
 from . import paths
 from .config import (  # noqa: F401  (EngineConfig and the defaults are also importable from here)
     AUTO_DEFAULT_K, DEFAULT_CTX_SIZE, DEFAULT_K, DEFAULT_NGRAM_SIZES, EngineConfig, check_draft_for_mode, default_k,
@@ -24,6 +24,11 @@ from .config import (  # noqa: F401  (EngineConfig and the defaults are also imp
 from .paths import cost_profile_path
 from .sampling import DEFAULT_SAMPLER, Sampler, SamplingParams
 from .speculative import DraftPolicy, FixedPolicy, Generation
+
+# A user message that no template changes: what a template renders after it hands over to the
+# assistant.
+CHAT_PROBE = "\x1fspecllm-chat-probe\x1f"
+
 
 @dataclass(frozen=True)
 class Request:
@@ -59,6 +64,7 @@ class Engine:
         self.learned = None
         self.memory = None
         self._memory_file = None
+        self._assistant_header: Optional[bytes] = None  # see hands_over_to_assistant
         self._profile_key: Optional[str] = None
         try:
             self._load()
@@ -124,7 +130,7 @@ class Engine:
                 tokens = tokens[-keep:]
         return tokens
 
-    def make_policy(self, request: Request) -> DraftPolicy:
+    def make_policy(self, request: Request, prompt: Sequence[int] = ()) -> DraftPolicy:
         cfg = self.config
         mode = request.mode or cfg.mode
         k = request.k if request.k is not None else cfg.k
@@ -143,7 +149,24 @@ class Engine:
         from .auto import AutoPolicy
 
         return AutoPolicy(self._lookup_drafters(), model_drafter, max_k=k, costs=self.costs,
-                          learned=self.learned, memory=self.memory)
+                          learned=self.learned, memory=self.memory,
+                          chat=request.chat or self.hands_over_to_assistant(prompt))
+
+    def hands_over_to_assistant(self, prompt: Sequence[int]) -> bool:
+        """Whether `prompt` ends as the target's chat template hands over to the assistant, so
+        that what follows is a chat answer, however the template got there (--chat, the
+        server, or a prompt rendered by the user or a benchmark script)."""
+        if self._assistant_header is None:
+            try:
+                rendered = self.target_model.apply_chat_template(CHAT_PROBE)
+            except ModelLoadError:  # no template: no chat answers
+                rendered = CHAT_PROBE
+            self._assistant_header = rendered.split(CHAT_PROBE)[-1].encode("utf-8")
+        header = self._assistant_header
+        if not header.strip():
+            return False
+        tail = self.target_model.vocab.detokenize(prompt[-(len(header) + 2):])
+        return tail.endswith(header)
 
     def _lookup_drafters(self) -> list[Drafter]:
         """Free drafts: the suffix index over the text so far, and over earlier outputs."""
@@ -216,7 +239,7 @@ class Engine:
         seed = request.seed if request.seed is not None else secrets.randbits(32)
         return Generation(
             self.target,
-            self.make_policy(request),
+            self.make_policy(request, prompt),
             prompt,
             sampler=Sampler(request.params, request.sampler, seed),
             max_tokens=request.max_tokens,

@@ -58,3 +58,15 @@ def test_memory_off_and_on_disk(tiny):
     with Engine(EngineConfig(target=str(tiny.draft_other), threads=1, mode="auto", memory=True)) as engine:
         engine.make_policy(Request())
         assert len(engine.memory) == 0
+
+
+def test_auto_mode_knows_a_chat_answer_however_the_template_got_there(tiny):
+    # Lookups in chat answers are judged apart (they copy from their prompt less): --chat, the
+    # server's rendered messages and a prompt rendered beforehand all end in the same header.
+    with Engine(EngineConfig(target=str(tiny.target), threads=1, mode="auto")) as engine:
+        raw = engine.tokenize_prompt(PROMPTS[0], Request())
+        chat = engine.tokenize_prompt(PROMPTS[0], Request(chat=True))
+        rendered = engine.target_model.apply_chat_template(PROMPTS[0])
+        pasted = engine.tokenize_prompt(rendered, Request())
+        assert [engine.make_policy(Request(), p).chat for p in (raw, chat, pasted)] == [False, True, True]
+        assert engine.make_policy(Request(chat=True)).chat

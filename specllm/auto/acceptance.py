@@ -42,6 +42,37 @@ def best_draft_length(alphas: Sequence[float], cost: Callable[[int], float]) -> 
     return k, rates[k]
 
 
+def time_saved(alphas: Sequence[float], k: int, t1: float, cost: Callable[[int], float]) -> float:
+    """Expected seconds a round verifying the first k drafts saves against plain decoding."""
+    return expected_tokens(alphas[:k])[-1] * t1 - cost(k)
+
+
+def first_round_of_two(alphas: Sequence[float], k: int, t1: float, cost: Callable[[int], float],
+                       most: int) -> Optional[int]:
+    """w < k if verifying w drafts now and the rest next round is expected to save more time
+    than verifying all k now; None otherwise. `cost(j)` is the time of a round of j drafts.
+
+    Where acceptance rises along the draft (a match that grows is more likely a copy), a long
+    draft puts its riskiest tokens in its most expensive round. Verifying the first w + 1
+    tokens cheaply first (the round's own token tells whether draft w would have been right)
+    and the remaining k - w - 1 next round costs one more round when the copy holds, and saves
+    the long round when it breaks early. On a CPU, where a batch of 48 costs 25 plain steps, a
+    match of 12 tokens breaks within the next 4 about half the time, and waiting pays.
+    Both plans cover the same k + 1 tokens; time saved adds up over a generation, so it is
+    what they are compared by. A broken copy is followed by plain decoding (saves nothing).
+    """
+    if k <= 1:
+        return None
+    best_w, best = None, time_saved(alphas, k, t1, cost)
+    for w in range(0, min(most, k - 1) + 1):
+        survive = float(np.prod(alphas[: w + 1]))  # drafts 0..w-1 accepted, draft w = the round's own token
+        rest = [a for a in alphas[w + 1 : k]]
+        saved = time_saved(alphas, w, t1, cost) + survive * time_saved(rest, len(rest), t1, cost)
+        if saved > best:
+            best_w, best = w, saved
+    return best_w
+
+
 class AcceptanceTable:
     """alpha per key, Beta-smoothed towards a prior, with fading counts (recent rounds weigh
     more: a prompt of code and one of prose accept differently)."""
@@ -73,8 +104,15 @@ class AcceptanceTable:
 # a copy that has gone on for 32-64 tokens rarely stops at the next one. On a CPU only such
 # near-certain drafts pay at 32-64 tokens (a wrong draft of 64 costs 15-30 plain steps), so
 # the long buckets carry the copy's whole case; the learned counts correct them either way.
+# Set a little below what `scripts/lookup-calibration acceptance` measured on the dev subset
+# (greedy, every token judged at its match length): raw completions 0.26, 0.51, 0.66, 0.61,
+# 0.80, 0.86, 0.99, 1.00, 1.00, 0.997 from 1 to 64 tokens; answers in the chat template, which
+# paraphrase their prompt more than they copy it, 0.22, 0.48, 0.61, 0.63, 0.79, 0.84, 0.95,
+# 0.88, 0.98, 1.00 (long matches are rarer there: 927 tokens at 16-23 against 1721 raw, 317
+# at 64+ against 24586).
 MATCH_BUCKETS = (1, 2, 3, 4, 6, 10, 16, 24, 32, 64)
-MATCH_PRIOR = {1: 0.25, 2: 0.4, 3: 0.5, 4: 0.55, 6: 0.7, 10: 0.8, 16: 0.95, 24: 0.97, 32: 0.98, 64: 0.99}
+MATCH_PRIOR = {1: 0.25, 2: 0.4, 3: 0.5, 4: 0.55, 6: 0.7, 10: 0.8, 16: 0.95, 24: 0.99, 32: 0.995, 64: 0.995}
+CHAT_MATCH_PRIOR = {1: 0.2, 2: 0.4, 3: 0.5, 4: 0.55, 6: 0.7, 10: 0.8, 16: 0.88, 24: 0.88, 32: 0.95, 64: 0.97}
 # Buckets of the count-based probability of a drafted token (lower bounds).
 COUNT_PROB_BUCKETS = (0.0, 0.3, 0.5, 0.7, 0.9, 0.999)
 # Prior weight in observations: two rounds of evidence outweigh a guess.
@@ -92,8 +130,9 @@ SCALE_PRIOR_WEIGHT = 4.0
 # hundreds of tokens, a chat summary paraphrases it).
 CARRY_OVER_OBSERVATIONS = 1.0
 CARRY_OVER = 0.1
-# No prior is raised above this by the scale: a guess is never certainty.
-MAX_PRIOR = 0.99
+# No prior is raised above this by the scale: a guess is never certainty (0.995: a 64-token
+# copy is expected to hold for about 55 of them).
+MAX_PRIOR = 0.995
 
 
 def match_bucket(match_length: int) -> int:
@@ -112,8 +151,9 @@ class LookupAcceptance:
     not tried yet should inherit that rather than a fixed guess.
     """
 
-    def __init__(self, match_weight: float = 1.0):
+    def __init__(self, match_weight: float = 1.0, chat: bool = False):
         self.match_weight = match_weight  # how many tokens of the text's own match one matched token is worth
+        self.match_prior = CHAT_MATCH_PRIOR if chat else MATCH_PRIOR
         self.table = AcceptanceTable(self._prior, LOOKUP_PRIOR_WEIGHT, LOOKUP_FADE)
         # Fading sums of outcomes and of static guesses, starting at SCALE_PRIOR_WEIGHT each.
         self._accepted = self._expected = SCALE_PRIOR_WEIGHT
@@ -123,10 +163,9 @@ class LookupAcceptance:
         self._accepted = SCALE_PRIOR_WEIGHT + CARRY_OVER * (self._accepted - SCALE_PRIOR_WEIGHT)
         self._expected = SCALE_PRIOR_WEIGHT + CARRY_OVER * (self._expected - SCALE_PRIOR_WEIGHT)
 
-    @staticmethod
-    def static_prior(key) -> float:
+    def static_prior(self, key) -> float:
         bucket, prob = key
-        return MATCH_PRIOR[bucket] * max(prob, 0.2)
+        return self.match_prior[bucket] * max(prob, 0.2)
 
     def _prior(self, key) -> float:
         # The scale multiplies the odds, not the probability: a few lucky short drafts must not
@@ -144,7 +183,8 @@ class LookupAcceptance:
         return [self.table.estimate(self.key(match_length + i, p)) for i, p in enumerate(probs[:n])]
 
     def observe(self, match_length: int, prob: float, accepted: bool) -> None:
-        """One verified draft, drafted where the text's end matched match_length tokens."""
+        """One drafted token checked against the target's, drafted where the text's end matched
+        match_length tokens (verified, or a shadow: see policy.py)."""
         key = self.key(match_length, prob)
         self._accepted = SCALE_FADE * self._accepted + float(accepted)
         self._expected = SCALE_FADE * self._expected + self.static_prior(key)

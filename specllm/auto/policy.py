@@ -4,7 +4,9 @@ A round that verifies k drafts costs C(k) = drafting + T_target(k+1) and emits E
 expectation (acceptance.py). Plain decoding emits 1 token per T_target(1). Each round:
 
 1. every lookup drafter (the suffix index over the text so far, and over earlier outputs)
-   proposes a continuation; each is cut to the k with the best E(k)/C(k);
+   proposes a continuation; each is cut to the k with the best E(k)/C(k), or to its first few
+   tokens when verifying those first and the rest next round is expected to save more time
+   (a long draft's riskiest tokens are its first ones: acceptance.first_round_of_two);
 2. the draft model drafts instead if its rounds have been faster than that and than plain
    decoding (or nothing else is at hand and it is time to look again), stopping when one more
    token is not worth its cost;
@@ -12,10 +14,19 @@ expectation (acceptance.py). Plain decoding emits 1 token per T_target(1). Each 
 4. otherwise a plain step, or a probe: a short lookup draft verified at a batch size this run
    has not measured, so that a wrong cost profile cannot keep itself alive.
 
+Lookup acceptance is also learned for free from the drafts not verified: the tokens a round
+emits are the target's own, so each lookup candidate of the round before is checked against
+them up to its first miss (a "shadow" observation). A plain step thus tells whether the
+lookup's next token would have been accepted, and the first long bet of a generation rests on
+how this text's lookups have fared, not on priors alone (a raw summary copies its article, a
+chat summary paraphrases it: the same 16-token match means a copy in one and not the other).
+
 Exactness: under the rejection sampler, whether a drafted token is verified never depends on
-that token's own value: the stop rule only decides whether to draft the next one. Under
-greedy and Gumbel verification the emitted tokens are the target's own choices whatever the
-draft, so a model draft may also be trimmed to its best prefix afterwards.
+that token's own value: the stop rule only decides whether to draft the next one. Under greedy
+and Gumbel verification the emitted tokens are the target's own choices whatever the draft, so
+a model draft may also be trimmed to its best prefix afterwards. Shadow observations use only
+tokens already emitted, each a draw from the target's distribution given the ones before it: a
+lookup token matches one with the probability that verification would have accepted it.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from ..drafters import NO_DRAFT, Draft, Drafter
 from ..sampling import DraftChooser
 from .acceptance import (
     MEMORY_MATCH_WEIGHT, ConfidenceAcceptance, LookupAcceptance, best_draft_length, draft_rates, expected_tokens,
+    first_round_of_two,
 )
 from .costs import CostModel
 
@@ -61,6 +73,9 @@ MIN_MODEL_ROUNDS_TO_SAVE = 3
 # would be cut short for good. A wrong guess costs at most this fraction of one round, once per
 # size: the round measures it.
 UNMEASURED_OPTIMISM = 1.25
+# Longest first round considered when a long lookup draft might better be split in two
+# (acceptance.first_round_of_two): the risky start of a copy is a few tokens long.
+FIRST_ROUND_MOST = 8
 
 
 class Learned:
@@ -75,10 +90,13 @@ class Learned:
         self.explore_interval = EXPLORE_INTERVAL
         self.model_rounds_measured = 0  # in this run (start_from does not count)
 
-    def lookup_acceptance(self, source: str) -> LookupAcceptance:
-        if source not in self.lookup:
-            self.lookup[source] = LookupAcceptance(MEMORY_MATCH_WEIGHT if source == "memory" else 1.0)
-        return self.lookup[source]
+    def lookup_acceptance(self, source: str, chat: bool = False) -> LookupAcceptance:
+        """Lookup acceptance of one source, kept apart for answers in a chat template, which
+        copy from their prompt less than raw completions do (see CHAT_MATCH_PRIOR)."""
+        key = f"{source}/chat" if chat else source
+        if key not in self.lookup:
+            self.lookup[key] = LookupAcceptance(MEMORY_MATCH_WEIGHT if source == "memory" else 1.0, chat=chat)
+        return self.lookup[key]
 
     def model_rate(self, plain_rate: float) -> float:
         if self.model_rounds_rate is None:
@@ -138,6 +156,7 @@ class AutoPolicy:
         costs: CostModel,
         learned: Optional[Learned] = None,
         memory=None,
+        chat: bool = False,
     ):
         self.lookups = list(lookups)
         self.model = model
@@ -145,15 +164,20 @@ class AutoPolicy:
         self.costs = costs
         self.learned = learned or Learned()
         self.memory = memory  # earlier outputs: this generation's output is added at its end
+        self.chat = chat  # the prompt is in the target's chat template
         self._last_round: tuple[str, float] = ("none", 0.0)
         self._last_probe = 0
         self._model_ready = False
+        # Last round's lookup candidates, to check against what the round emitted (see the
+        # module docstring): (length of the history then, [(candidate, tokens verified)]).
+        self._shadow: tuple[int, list[tuple[Draft, int]]] = (0, [])
 
     def begin(self, prompt: Sequence[int]) -> None:
         for lookup in self.lookups:
             lookup.begin(prompt)
         for acceptance in self.learned.lookup.values():
             acceptance.begin_generation()
+        self._shadow = (0, [])
         # The draft model takes part in this generation only if its cache gets the prompt now
         # (prompt time): catching up on a whole prompt inside a round would cost seconds.
         self._model_ready = self.model is not None and (
@@ -167,6 +191,7 @@ class AutoPolicy:
             self.memory.add(list(output))
 
     def draft(self, history: Sequence[int], max_k: int, choose: DraftChooser) -> Draft:
+        self._observe_shadows(history)
         k_max = min(self.k, max_k)
         plain = self.costs.plain_rate()
         if k_max <= 0 or plain <= 0 or self.costs.wants_plain_probe():
@@ -176,11 +201,13 @@ class AutoPolicy:
         best, best_rate = NO_DRAFT, plain * MARGIN
         near, near_rate = NO_DRAFT, 0.0  # the best candidate at one token or more, paying or not
         measured = None  # the largest batch size this run has measured, once a draft pays
+        candidates = []
         for lookup in self.lookups:
             candidate = lookup.propose(history, k_max, choose)
             if not candidate.tokens:
                 continue
-            alphas = self.learned.lookup_acceptance(candidate.source).alphas(
+            candidates.append(candidate)
+            alphas = self.learned.lookup_acceptance(candidate.source, self.chat).alphas(
                 candidate.ngram_size, candidate.confidence, len(candidate)
             )
             rates = draft_rates(alphas, lambda k: self.costs.target_time(k + 1))
@@ -192,7 +219,10 @@ class AutoPolicy:
                     measured = self.costs.measured_up_to()
                 hopeful = draft_rates(alphas, lambda k: self._hopeful_verify_time(k, measured))
                 long_k = max(range(1, len(hopeful)), key=hopeful.__getitem__)
-                best, best_rate = candidate.prefix(long_k), rates[k]
+                # Its risky start first, if a cheap round of that is expected to save more.
+                first = first_round_of_two(alphas, long_k, self.costs.target_time(1),
+                                           lambda j: self.costs.target_time(j + 1), FIRST_ROUND_MOST)
+                best, best_rate = candidate.prefix(long_k if first is None else first), rates[k]
             if rates[k] > near_rate:
                 near, near_rate = candidate, rates[k]
         lookup_seconds = time.perf_counter() - start
@@ -207,7 +237,31 @@ class AutoPolicy:
                 return self._model_draft(history, min(k_max, EXPLORE_MAX_K), choose)
         if not best.tokens and near_rate >= plain * PROBE_MIN_RATE:
             best = self._probe(near)
+        self._remember_candidates(len(history), candidates, best)
         return self._chosen(best, lookup_seconds)
+
+    def _remember_candidates(self, history_length: int, candidates: list[Draft], drafted: Draft) -> None:
+        # The drafted candidate's first len(drafted) tokens are observed by `observe`.
+        self._shadow = (history_length, [
+            (c, len(drafted) if drafted.tokens and c.source == drafted.source else 0) for c in candidates
+        ])
+
+    def _observe_shadows(self, history: Sequence[int]) -> None:
+        """Check last round's lookup candidates against the tokens it emitted."""
+        start, candidates = self._shadow
+        self._shadow = (0, [])
+        if not candidates or len(history) <= start:
+            return
+        emitted = history[start : start + max(len(c) for c, _ in candidates)]
+        for candidate, verified in candidates:
+            table = self.learned.lookup_acceptance(candidate.source, self.chat)
+            probs = candidate.confidence or [1.0] * len(candidate)
+            for i in range(min(len(candidate), len(emitted))):
+                hit = candidate.tokens[i] == emitted[i]
+                if i >= verified:
+                    table.observe(candidate.ngram_size + i, probs[i], hit)
+                if not hit:
+                    break
 
     def _hopeful_verify_time(self, k: int, measured_up_to: int) -> float:
         """What verifying k drafts is taken to cost when choosing a paying lookup draft's length."""
@@ -267,7 +321,7 @@ class AutoPolicy:
                 (n_accepted + 1) / (draft_seconds + target_seconds), self.costs.plain_rate()
             )
         elif source != "none":
-            table = self.learned.lookup_acceptance(source)
+            table = self.learned.lookup_acceptance(source, self.chat)
             probs = draft.confidence or [1.0] * len(draft)
             for i in range(verified):
                 table.observe(draft.ngram_size + i, probs[i], i < n_accepted)
