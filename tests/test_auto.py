@@ -411,3 +411,17 @@ def test_chat_answers_learn_apart_and_start_less_sure_of_long_matches():
     policy.observe(NO_DRAFT, 0, 0.09)
     policy.draft([1, 5], 64, CHOOSE)
     assert chat.table.counts and not raw.table.counts
+
+
+def test_a_bumpy_cost_curve_does_not_make_a_safe_copy_wait_forever():
+    from specllm.auto.acceptance import first_round_of_two
+
+    # Measured T(n)/T(1): 48 tokens cheap, 64 dear. Splitting 64 into 9 + 55 exploits the bump;
+    # planned again each round, the long round would never come (seen: 40 plain rounds in a copy).
+    bumpy = CostModel(t1=0.06, t1_fresh=5, shape={
+        2: ShapePoint(1.9, fresh=3), 21: ShapePoint(14.1, fresh=3), 33: ShapePoint(20.1, fresh=3),
+        48: ShapePoint(24.6, fresh=3), 64: ShapePoint(35.5, fresh=3), 65: ShapePoint(36.0, fresh=3)})
+    assert first_round_of_two([0.995] * 63, 63, 0.06, lambda j: bumpy.target_time(j + 1), 8) is None
+    policy = AutoPolicy([ScriptedLookup(list(range(100)), 88)], None, max_k=64, costs=bumpy)
+    drafts = run_rounds(policy, 6, seconds=lambda n: bumpy.target_time(n))
+    assert all(len(d) >= 32 for d in drafts), [len(d) for d in drafts]
