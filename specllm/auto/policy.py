@@ -254,14 +254,19 @@ class AutoPolicy:
             return
         emitted = history[start : start + max(len(c) for c, _ in candidates)]
         for candidate, verified in candidates:
-            table = self.learned.lookup_acceptance(candidate.source, self.chat)
-            probs = candidate.confidence or [1.0] * len(candidate)
-            for i in range(min(len(candidate), len(emitted))):
-                hit = candidate.tokens[i] == emitted[i]
-                if i >= verified:
-                    table.observe(candidate.ngram_size + i, probs[i], hit)
-                if not hit:
-                    break
+            checked = min(len(candidate), len(emitted))
+            hits = [candidate.tokens[i] == emitted[i] for i in range(checked)]
+            if False in hits:
+                checked = hits.index(False) + 1  # nothing after the first miss was on the text
+            self._learn_lookup(candidate, range(verified, checked), hits)
+
+    def _learn_lookup(self, draft: Draft, positions: range, accepted: Sequence[bool]) -> None:
+        """Lookup acceptance learns draft token i (i in positions) was right or not, at the match
+        length it was drafted at."""
+        table = self.learned.lookup_acceptance(draft.source, self.chat)
+        probs = draft.confidence or [1.0] * len(draft)
+        for i in positions:
+            table.observe(draft.ngram_size + i, probs[i], accepted[i])
 
     def _hopeful_verify_time(self, k: int, measured_up_to: int) -> float:
         """What verifying k drafts is taken to cost when choosing a paying lookup draft's length."""
@@ -321,8 +326,5 @@ class AutoPolicy:
                 (n_accepted + 1) / (draft_seconds + target_seconds), self.costs.plain_rate()
             )
         elif source != "none":
-            table = self.learned.lookup_acceptance(source, self.chat)
-            probs = draft.confidence or [1.0] * len(draft)
-            for i in range(verified):
-                table.observe(draft.ngram_size + i, probs[i], i < n_accepted)
+            self._learn_lookup(draft, range(verified), [i < n_accepted for i in range(verified)])
         self.learned.rounds += 1
