@@ -13,9 +13,9 @@ from typing import Optional, Sequence
 
 
 from . import llama
-from .compat import Compatibility, ensure_compatible
-from .crossvocab import CrossVocabDrafter
-from .drafters import Drafter, ModelDrafter, NgramDrafter, NoDrafter
+from .drafting.compat import Compatibility, ensure_compatible
+from .drafting.crossvocab import CrossVocabDrafter
+from .drafting.base import Drafter, ModelDrafter, NgramDrafter, NoDrafter
 from .errors import IncompatibleModelsError, ModelLoadError, UsageError
 from . import paths
 from .config import (  # noqa: F401  (EngineConfig and the defaults are also importable from here)

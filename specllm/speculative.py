@@ -21,7 +21,7 @@ from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
-from .drafters import NO_DRAFT, Draft, Drafter
+from .drafting.base import NO_DRAFT, Draft, Drafter
 from .errors import ContextFullError, DecodeError, PromptTooLongError
 from .llama import Context, common_prefix_length
 from .sampling import DraftChooser, Sampler

@@ -18,7 +18,7 @@ from specllm.auto import (
     expected_tokens,
 )
 from specllm.auto.costs import PLAIN_PROBE_INTERVAL, PROFILE_VERSION
-from specllm.drafters import NO_DRAFT, Draft
+from specllm.drafting.base import NO_DRAFT, Draft
 from specllm.sampling import DraftChooser, Sampler, SamplingParams
 
 # The target's cost on a 2-core CPU (1.5B Q4_K_M), ms per decode of n tokens.

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from helpers import cached_real_model, invoke
-from specllm.compat import (
+from specllm.drafting.compat import (
     MAX_SIZE_DIFFERENCE,
     VocabSummary,
     check_vocabularies,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from specllm.crossvocab import (
+from specllm.drafting.crossvocab import (
     BACKOFF_DRAFT_TOKENS,
     MAX_DRAFT_TOKENS_PER_TARGET,
     CrossVocabDrafter,

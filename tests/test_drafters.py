@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from specllm.drafters import NgramDrafter
+from specllm.drafting.base import NgramDrafter
 
 RNG = np.random.default_rng(0)
 

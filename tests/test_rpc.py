@@ -218,11 +218,11 @@ def test_a_worker_lost_in_the_middle_of_a_run_is_one_error_line(tiny, env, tmp_p
 
 
 def test_a_build_without_the_rpc_backend_says_how_to_rebuild():
-    from specllm import llama
+    from specllm import devices
 
-    assert llama.rpc_available()  # this test suite's llama-cpp-python is built with -DGGML_RPC=on
+    assert devices.rpc_available()  # this test suite's llama-cpp-python is built with -DGGML_RPC=on
     with pytest.raises(RpcError, match="built without RPC") as refusal:
-        llama._rpc_function("ggml_backend_rpc_no_such_function", llama._ADD_SERVER)
+        devices._rpc_function("ggml_backend_rpc_no_such_function", devices._ADD_SERVER)
     assert "-DGGML_RPC=on" in refusal.value.hint and "--no-cache-dir" in refusal.value.hint
 
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specllm.drafters import Draft
+from specllm.drafting.base import Draft
 from specllm.drafting.suffix import (
     MAX_REACH,
     MIN_PROB,

@@ -36,7 +36,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..drafters import NO_DRAFT, Draft, Drafter
+from ..drafting.base import NO_DRAFT, Draft, Drafter
 from ..sampling import DraftChooser
 from .acceptance import (
     MEMORY_MATCH_WEIGHT, ConfidenceAcceptance, LookupAcceptance, best_draft_length, draft_rates, expected_tokens,

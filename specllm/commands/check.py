@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .. import llama
-from ..compat import Compatibility, VocabSummary, check_vocabularies, draft_size_warning
+from ..drafting.compat import Compatibility, VocabSummary, check_vocabularies, draft_size_warning
 from ..console import FetchBars, reported_errors, warn
 from ..options import VerboseOpt
 from ..registry import resolve_model

@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from .. import llama, rpc
+from .. import devices as backend_devices, llama, rpc
 from ..config import check_positive
 from ..console import reported_errors, stderr, warn
 from ..errors import RpcError
@@ -47,13 +47,13 @@ def rpc_server(
             warn(f"listening on {escape(endpoint)}: anyone who can reach this port can use this worker and read "
                  "what it holds (the RPC protocol has no authentication). Use a trusted network only.")
         check_port_free(address, port)
-        devices = llama.local_devices()
+        devices = backend_devices.local_devices()
         n_threads = threads or os.cpu_count() or 1
         stderr.print(f"specllm rpc-server on {escape(endpoint)} (RPC protocol {rpc.PROTO_MAJOR}.{rpc.PROTO_MINOR}."
                      f"{rpc.PROTO_PATCH}), devices: {escape(', '.join(map(str, devices)))}, {n_threads} threads. "
                      "Ctrl-C stops it.", soft_wrap=True)
         try:
-            llama.serve_rpc(endpoint, n_threads=n_threads, devices=devices)
+            backend_devices.serve_rpc(endpoint, n_threads=n_threads, devices=devices)
         except KeyboardInterrupt:
             stderr.print("rpc-server stopped")
             # ggml's server thread is still inside accept(): leave without running C++ exit

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
-from ..drafters import NO_DRAFT, Draft, KeepDrafting
+from .base import NO_DRAFT, Draft, KeepDrafting
 
 if TYPE_CHECKING:
     from .memory import OutputMemory

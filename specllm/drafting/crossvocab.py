@@ -34,9 +34,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .drafters import NO_DRAFT, Draft, KeepDrafting
-from .llama import Context, Vocab, common_prefix_length
-from .sampling import DraftChooser, greedy, logits_to_probs, sample, top_probability
+from .base import NO_DRAFT, Draft, KeepDrafting
+from ..llama import Context, Vocab, common_prefix_length
+from ..sampling import DraftChooser, greedy, logits_to_probs, sample, top_probability
 
 SOURCE = "xvocab"
 # Draft tokens re-tokenised before the point where the text changed: new text can merge with

@@ -24,10 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .errors import IncompatibleModelsError
+from ..errors import IncompatibleModelsError
 
 if TYPE_CHECKING:
-    from .llama import Model
+    from ..llama import Model
 
 MAX_SIZE_DIFFERENCE = 128  # as llama.cpp's SPEC_VOCAB_MAX_SIZE_DIFFERENCE
 MAX_DIFFERING_TEXTS = 128

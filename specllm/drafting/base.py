@@ -12,8 +12,8 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from .llama import Context, common_prefix_length
-from .sampling import DraftChooser
+from ..llama import Context, common_prefix_length
+from ..sampling import DraftChooser
 
 
 @dataclass
