@@ -66,6 +66,8 @@ class Engine:
         self._memory_file = None
         self._assistant_header: Optional[bytes] = None  # see hands_over_to_assistant
         self._profile_key: Optional[str] = None
+        # Auto mode's rounds, prediction against outcome (`generate --trace`): a RoundTrace.
+        self.trace = None
         try:
             self._load()
         except BaseException:  # a refused draft or Ctrl-C while loading: free what was loaded
@@ -150,7 +152,7 @@ class Engine:
 
         return AutoPolicy(self._lookup_drafters(), model_drafter, max_k=k, costs=self.costs,
                           learned=self.learned, memory=self.memory,
-                          chat=request.chat or self.hands_over_to_assistant(prompt))
+                          chat=request.chat or self.hands_over_to_assistant(prompt), trace=self.trace)
 
     def hands_over_to_assistant(self, prompt: Sequence[int]) -> bool:
         """Whether `prompt` ends as the target's chat template hands over to the assistant, so
@@ -190,11 +192,13 @@ class Engine:
     def _prepare_auto(self) -> None:
         """Auto mode's knowledge: this machine's measured costs (calibrated once, then cached
         per models and settings) and what it learns about acceptance, shared by generations."""
-        from .auto import CostModel, Learned
+        from .auto import ContentionMeter, CostModel, Learned
 
-        self.costs = CostModel()
-        self.learned = Learned()
         cfg = self.config
+        # Busy decodes are told by CPU time where the work runs on this machine's cores.
+        cpu_bound = not cfg.n_gpu_layers and not cfg.rpc
+        self.costs = CostModel(meter=ContentionMeter(cfg.threads, cpu_bound=cpu_bound))
+        self.learned = Learned()
         key = "|".join(str(x) for x in (
             self.target_model.name, self.target_model.size_bytes, cfg.threads or os.cpu_count(), cfg.n_gpu_layers,
             self.draft_model.name if self.draft_model else "-", cfg.draft_threads, cfg.draft_n_gpu_layers,

@@ -239,5 +239,9 @@ class ConfidenceAcceptance:
     def alpha(self, confidence: float) -> float:
         return self.table.estimate(confidence_bucket(confidence))
 
+    def best_alpha(self) -> float:
+        """The highest acceptance of any confidence bucket: what the model's surest tokens get."""
+        return max(self.table.estimate(bucket) for bucket in range(len(CONFIDENCE_BUCKETS) + 1))
+
     def observe(self, confidence: float, accepted: bool) -> None:
         self.table.observe(confidence_bucket(confidence), accepted)

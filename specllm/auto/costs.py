@@ -13,6 +13,11 @@ were from it (one probe corrects a profile that is 3x off everywhere), and sizes
 measured come from a line fitted through the measured ones. Sizes not verified lately are
 probed now and then (see `stale_size`), and two sizes are timed when the engine loads. A run saves only what it measured itself, so a noisy
 run cannot leave the next one a worse profile than it found.
+
+A busy machine (other processes on the cores: contention.py) slows decodes of different sizes
+by different factors, so a decode timed then is neither learned nor saved, and a run whose
+decodes were mostly busy saves nothing. A shape that falls with n is never saved, and a saved
+one that falls far (a poisoned profile) is neither used nor kept.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
+
+from .contention import ContentionMeter
 
 if TYPE_CHECKING:
     from ..llama import Context
@@ -54,6 +61,10 @@ LOAD_CHECK_SIZES = (1, 1, 2, 3, 9)
 PROBE_LADDER = (2,)
 # A fresh shape point needs this many measurements before it is saved for the next run.
 MIN_OBSERVATIONS_TO_SAVE = 2
+# A saved shape whose T(n)/T(1) falls below this share of a smaller size's is poisoned (timed
+# on a busy machine, or not written by this code): the profile is neither used nor kept.
+# Smaller dips are timing noise of an older profile, and are evened out.
+POISONED_DIP = 0.9
 
 
 @dataclass
@@ -72,12 +83,15 @@ class CostModel:
     draft_t1: float = 0.0  # seconds per one-token draft decode
     # Tokens/s of model-draft rounds relative to plain decoding, as last measured here.
     model_rate_ratio: Optional[float] = None
-    t1_fresh: int = 0  # one-token decodes measured in this run
+    t1_fresh: int = 0  # one-token decodes measured in this run (on a quiet machine)
+    draft_t1_fresh: int = 0  # draft decodes measured in this run (on a quiet machine)
     rounds: int = 0
     last_plain_round: int = 0
     # ratio(n) as last computed: asked for every candidate length of every draft each round,
     # and a fitted or rescaled one walks every point. Emptied whenever the shape changes.
     _ratios: dict[int, float] = field(default_factory=dict, repr=False, compare=False)
+    # Judges each timed decode busy or quiet (see contention.py).
+    meter: ContentionMeter = field(default_factory=ContentionMeter, repr=False, compare=False)
 
     # --- what the policy asks -------------------------------------------------------------
     def target_time(self, n: int) -> float:
@@ -161,12 +175,15 @@ class CostModel:
         return self.rounds - self.last_plain_round >= PLAIN_PROBE_INTERVAL
 
     # --- what decodes tell it -------------------------------------------------------------
-    def observe_target(self, n: int, seconds: float) -> None:
+    def observe_target(self, n: int, seconds: float, busy: bool = False) -> None:
+        """A target decode of n tokens took `seconds`; `busy`: on a busy machine, so it tells
+        nothing about this machine's costs (a plain round still counts as the probe it was)."""
         self.rounds += 1
-        if seconds <= 0:
-            return
         if n == 1:
             self.last_plain_round = self.rounds
+        if seconds <= 0 or busy:
+            return
+        if n == 1:
             self.t1 = _ema(self.t1, seconds, SPEED_EMA, replace=not self.t1_fresh)
             self.t1_fresh += 1
             return
@@ -181,48 +198,66 @@ class CostModel:
             point.ratio = _ema(point.ratio, ratio, SHAPE_EMA)
             point.fresh += 1
 
-    def observe_draft(self, n_tokens: int, seconds: float) -> None:
-        if n_tokens > 0 and seconds > 0:
-            self.draft_t1 = _ema(self.draft_t1, seconds / n_tokens, SPEED_EMA)
+    def observe_draft(self, n_tokens: int, seconds: float, busy: bool = False) -> None:
+        if n_tokens > 0 and seconds > 0 and not busy:
+            self.draft_t1 = _ema(self.draft_t1, seconds / n_tokens, SPEED_EMA, replace=not self.draft_t1_fresh)
+            self.draft_t1_fresh += 1
 
     # --- measuring ------------------------------------------------------------------------
     def measure_speed(self, target: "Context") -> None:
         """This machine's speed now, before the first round: T(1) (a saved one may come from a
         busy spell, or a quieter one) and two more sizes, so that a saved shape that is off is
-        rescaled from the start (see ratio)."""
-        timed = time_batches(target, LOAD_CHECK_SIZES, keep_all=True)
-        plain = [seconds for n, seconds in timed if n == 1]
+        rescaled from the start (see ratio). Decodes timed on a busy machine are dropped: the
+        saved profile stands until quiet decodes correct it."""
+        timed = time_batches(target, LOAD_CHECK_SIZES, keep_all=True, meter=self.meter)
+        plain = [seconds for n, seconds, busy in timed if n == 1 and not busy]
         if not plain:
             return
         self.t1, self.t1_fresh, self.last_plain_round = min(plain), 1, self.rounds
         self._ratios.clear()
-        for n, seconds in timed:
-            if n > 1:
+        for n, seconds, busy in timed:
+            if n > 1 and not busy:
                 point = self.shape.get(n)
                 self.shape[n] = ShapePoint(seconds / self.t1, fresh=1, saved=point.saved if point else None)
 
     def calibrate(self, target: "Context", draft: Optional["Context"], max_batch: int) -> None:
         """Time the calibration sizes up to max_batch on scratch positions. Each size is timed
         right after a one-token decode, twice, and kept as a ratio to it: a machine whose load
-        changes during the calibration still gets the right shape."""
+        changes during the calibration still gets the right shape. A size timed only on a busy
+        machine is kept for this run as a prior (corrected by quiet decodes, never saved)."""
         sizes = sorted({n for n in CALIBRATION_SIZES if 1 < n <= max_batch} | {max_batch} - {1})
         schedule = [m for n in sizes for m in (1, n)] * CALIBRATION_REPEATS
-        times = time_batches(target, schedule, keep_all=True)
-        plain = [seconds for n, seconds in times if n == 1]
+        times = time_batches(target, schedule, keep_all=True, meter=self.meter)
+        plain = [(seconds, busy) for n, seconds, busy in times if n == 1]
         if not plain:
             return
-        self.t1, self.t1_fresh = min(plain), 1
+        quiet = [seconds for seconds, busy in plain if not busy]
+        self.t1, self.t1_fresh = min(quiet or [seconds for seconds, _ in plain]), int(bool(quiet))
         self._ratios.clear()
         for n in sizes:
-            ratios = [b / a for (m0, a), (m1, b) in zip(times, times[1:]) if m0 == 1 and m1 == n and a > 0]
-            if ratios:
-                self.shape[n] = ShapePoint(min(ratios), fresh=MIN_OBSERVATIONS_TO_SAVE)
+            pairs = [(b / a, busy_a or busy_b) for (m0, a, busy_a), (m1, b, busy_b) in zip(times, times[1:])
+                     if m0 == 1 and m1 == n and a > 0]
+            quiet_ratios = [r for r, busy in pairs if not busy]
+            if quiet_ratios:
+                self.shape[n] = ShapePoint(min(quiet_ratios), fresh=MIN_OBSERVATIONS_TO_SAVE)
+            elif pairs:
+                prior = min(r for r, _ in pairs)
+                self.shape[n] = ShapePoint(prior, saved=prior)
+        # Even out what a busy spell bent (a fresh point is this run's measurement and stays).
+        for n, ratio in _monotone({n: p.ratio for n, p in self.shape.items()}).items():
+            if not self.shape[n].fresh:
+                self.shape[n].ratio = self.shape[n].saved = ratio
         if draft is not None:
-            self.draft_t1 = min(seconds for _, seconds in time_batches(draft, (1, 1), keep_all=True))
+            timed = time_batches(draft, (1, 1), keep_all=True, meter=self.meter)
+            quiet_draft = [seconds for _, seconds, busy in timed if not busy]
+            if timed:
+                self.draft_t1 = min(quiet_draft or [seconds for _, seconds, _ in timed])
+                self.draft_t1_fresh = int(bool(quiet_draft))
 
     # --- the profile kept between runs ------------------------------------------------------
     def save(self, path: Path, key: str) -> None:
-        """Keep what this run measured; what it did not measure stays as it was saved."""
+        """Keep what this run measured on a quiet machine; what it did not measure stays as it
+        was saved, unless it contradicts this run or the saved shape was poisoned."""
         try:
             data = json.loads(path.read_text()) if path.exists() else {}
             if not isinstance(data, dict):
@@ -230,18 +265,24 @@ class CostModel:
         except (OSError, ValueError):
             data = {}
         entry = data.get(key) if isinstance(data.get(key), dict) else {}
-        shape = {str(n): r for n, r in (entry.get("shape") or {}).items()} if entry.get("version") == PROFILE_VERSION else {}
-        for n, point in self.shape.items():
-            if point.fresh >= MIN_OBSERVATIONS_TO_SAVE:
-                shape[str(n)] = point.ratio
-        data[key] = {
-            "version": PROFILE_VERSION,
-            "t1_seconds": self.t1 if self.t1_fresh else entry.get("t1_seconds", self.t1),
-            "shape": shape,
-            "draft_t1_seconds": self.draft_t1,
-            "model_rate_ratio": self.model_rate_ratio,
-            "saved": time.time(),
-        }
+        old_shape = _saved_shape(entry) or {}
+        if not old_shape:
+            entry = {}  # another layout, or poisoned: nothing of it is kept
+        quiet_run = not self.meter.mostly_busy
+        fresh = {n: p.ratio for n, p in self.shape.items() if p.fresh >= MIN_OBSERVATIONS_TO_SAVE} if quiet_run else {}
+        shape = _merge_shapes(old_shape, fresh)
+        if not shape:
+            data.pop(key, None)
+        else:
+            data[key] = {
+                "version": PROFILE_VERSION,
+                "t1_seconds": self.t1 if self.t1_fresh and quiet_run else entry.get("t1_seconds", self.t1),
+                "shape": {str(n): r for n, r in sorted(shape.items())},
+                "draft_t1_seconds": (self.draft_t1 if self.draft_t1_fresh and quiet_run
+                                     else entry.get("draft_t1_seconds", self.draft_t1)),
+                "model_rate_ratio": self.model_rate_ratio if quiet_run else entry.get("model_rate_ratio"),
+                "saved": time.time(),
+            }
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -251,12 +292,12 @@ class CostModel:
             pass  # a cache we cannot write only costs a calibration next time
 
     def load(self, path: Path, key: str) -> bool:
+        """Read a saved profile as this run's prior; False (nothing changed) when there is none,
+        or it is of another layout, broken, or poisoned."""
         try:
             entry = json.loads(path.read_text())[key]
-            if entry["version"] != PROFILE_VERSION:
-                return False
+            shape = _saved_shape(entry)
             t1 = float(entry["t1_seconds"])
-            shape = {int(n): ShapePoint(float(r), saved=float(r)) for n, r in entry["shape"].items() if float(r) > 0}
             draft_t1 = float(entry.get("draft_t1_seconds") or 0.0)
             ratio = entry.get("model_rate_ratio")
             model_rate_ratio = float(ratio) if ratio is not None else None
@@ -264,10 +305,54 @@ class CostModel:
             return False
         if not (t1 > 0 and math.isfinite(t1)) or not shape:
             return False
-        self.t1, self.shape, self.draft_t1, self.model_rate_ratio = t1, shape, draft_t1, model_rate_ratio
-        self.t1_fresh = 0
+        self.t1, self.draft_t1, self.model_rate_ratio = t1, draft_t1, model_rate_ratio
+        self.shape = {n: ShapePoint(r, saved=r) for n, r in shape.items()}
+        self.t1_fresh = self.draft_t1_fresh = 0
         self._ratios.clear()
         return True
+
+
+def _saved_shape(entry) -> Optional[dict[int, float]]:
+    """A saved entry's shape {n: T(n)/T(1)}, evened out to never fall with n; None if the entry
+    is of another layout or broken, or its shape falls far somewhere (POISONED_DIP)."""
+    try:
+        if entry.get("version") != PROFILE_VERSION:
+            return None
+        shape = {int(n): float(r) for n, r in entry["shape"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not shape or not all(math.isfinite(r) and r > 0 for r in shape.values()):
+        return None
+    highest = 1.0
+    for n in sorted(shape):
+        if shape[n] < POISONED_DIP * highest:
+            return None
+        highest = max(highest, shape[n])
+    return _monotone(shape)
+
+
+def _monotone(shape: dict[int, float]) -> dict[int, float]:
+    """The shape raised where it falls: never below 1 (T(1)), never below a smaller size's. A
+    decode of more tokens does more work; a dip is noise or a busy spell, and the higher
+    neighbour is the safer guess (a size priced too cheap is bet on)."""
+    out, highest = {}, 1.0
+    for n in sorted(shape):
+        highest = out[n] = max(highest, shape[n])
+    return out
+
+
+def _merge_shapes(old: dict[int, float], fresh: dict[int, float]) -> dict[int, float]:
+    """This run's measurements, and the saved sizes it did not measure that fit between them."""
+    fresh = _monotone(fresh)
+    merged = dict(fresh)
+    for n, r in old.items():
+        if n in fresh:
+            continue
+        below = max((v for m, v in fresh.items() if m < n), default=1.0)
+        above = min((v for m, v in fresh.items() if m > n), default=math.inf)
+        if below <= r <= above:
+            merged[n] = r
+    return _monotone(merged)
 
 
 def _interpolate(points: list[tuple[int, float]], n: int) -> Optional[float]:
@@ -282,28 +367,34 @@ def _ema(old: float, new: float, weight: float, replace: bool = False) -> float:
     return new if replace or old <= 0 else (1 - weight) * old + weight * new
 
 
-def time_batches(ctx: "Context", sizes: Sequence[int], keep_all: bool = False):
+def time_batches(ctx: "Context", sizes: Sequence[int], keep_all: bool = False,
+                 meter: Optional[ContentionMeter] = None):
     """Decode scratch tokens after the cached ones, time each batch (after a warm-up), then
-    forget them. {size: fastest seconds}, or with keep_all every (size, seconds) in order."""
+    forget them. {size: fastest seconds}, or with keep_all every (size, seconds, busy) in order
+    (busy: judged by `meter` to have run on a busy machine; False without one)."""
     n_keep = ctx.n_past
     sizes = [n for n in sizes if n_keep + 1 + n <= ctx.n_ctx and n <= ctx.n_batch]
     if not sizes:
         return [] if keep_all else {}
     filler = ctx.model.vocab.tokenize(" the quick brown fox jumps over the lazy dog" * 4, add_special=False)
     filler = (filler * (1 + max(sizes) // max(len(filler), 1)))[: max(sizes) + 1]
-    timed: list[tuple[int, float]] = []
+    timed: list[tuple[int, float, bool]] = []
     try:
         ctx.decode(filler[:1])  # warm-up: first decodes allocate buffers
         for n in sizes:
-            start = time.perf_counter()
+            span = ContentionMeter.start()
             ctx.decode(filler[1 : 1 + n], all_logits=True)
-            timed.append((n, time.perf_counter() - start))
+            if meter is not None:
+                seconds, busy = meter.stop(span)
+            else:
+                seconds, busy = time.perf_counter() - span.wall, False
+            timed.append((n, seconds, busy))
             ctx.truncate(n_keep + 1)
     finally:
         ctx.truncate(n_keep)
     if keep_all:
         return timed
     fastest: dict[int, float] = {}
-    for n, seconds in timed:
+    for n, seconds, _ in timed:
         fastest[n] = min(fastest.get(n, seconds), seconds)
     return fastest

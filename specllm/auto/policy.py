@@ -7,9 +7,11 @@ expectation (acceptance.py). Plain decoding emits 1 token per T_target(1). Each 
    proposes a continuation; each is cut to the k with the best E(k)/C(k), or to its first few
    tokens when verifying those first and the rest next round is expected to save more time
    (a long draft's riskiest tokens are its first ones: acceptance.first_round_of_two);
-2. the draft model drafts instead if its rounds have been faster than that and than plain
-   decoding (or nothing else is at hand and it is time to look again), stopping when one more
-   token is not worth its cost;
+2. the draft model drafts instead if its rounds in this generation have been faster than that
+   and than plain decoding, stopping when one more token is not worth its cost; or, with
+   nothing else at hand, a short look at it when it is time to look, and only if a model draft
+   could pay at all at the measured costs and the best acceptance learned for it
+   (`_model_can_pay`: on a CPU where T(n) grows almost like n it cannot, on a GPU it can);
 3. otherwise the best lookup draft, if it beats plain decoding by MARGIN;
 4. otherwise a plain step, or a probe: a short lookup draft verified at a batch size this run
    has not measured, so that a wrong cost profile cannot keep itself alive.
@@ -38,15 +40,12 @@ import numpy as np
 
 from ..drafting.base import NO_DRAFT, Draft, Drafter
 from ..sampling import DraftChooser
-from .acceptance import (
-    MEMORY_MATCH_WEIGHT, ConfidenceAcceptance, LookupAcceptance, best_draft_length, draft_rates, expected_tokens,
-    first_round_of_two,
-)
+from .acceptance import best_draft_length, draft_rates, expected_tokens, first_round_of_two
+from .contention import ContentionMeter, Span
 from .costs import CostModel
+from .learned import MARGIN, Learned
+from .trace import RoundRecord, RoundTrace
 
-# A draft must promise this much more tokens/s than a plain step: measured rates are noisy,
-# and a draft that only ties with plain decoding adds risk for nothing.
-MARGIN = 1.03
 # Rounds between probes of unmeasured batch sizes (a probe costs at most one short verify).
 SHAPE_PROBE_INTERVAL = 8
 # Only a draft expected to come this close to plain decoding's rate is used for a probe: a
@@ -55,18 +54,8 @@ PROBE_MIN_RATE = 0.8
 # Most tokens a look at a draft model that is not known to pay may draft: enough to measure
 # its acceptance and speed, little enough that a look costs about one plain step.
 EXPLORE_MAX_K = 4
-# Rounds between looks at a draft model whose rounds pay, and the most rounds between looks at
-# one that does not (the interval doubles after each look that did not pay).
-EXPLORE_INTERVAL = 16
-MAX_EXPLORE_INTERVAL = 1024
-# A draft model not measured yet is assumed this much faster than plain, so that it gets tried.
-UNTRIED_MODEL_OPTIMISM = 1.5
-# Weight of the latest model round in the model's measured rate.
-MODEL_RATE_EMA = 0.3
-# Model rounds a run must have measured before its verdict on the draft model is saved for the
-# next run: one lucky look (4 of 4 accepted in a quiet moment) once saved 1.17x plain on a CPU
-# where model rounds lose, and the next runs began by drafting with the model.
-MIN_MODEL_ROUNDS_TO_SAVE = 3
+# Longest model draft considered when judging whether a model draft could pay at all.
+MODEL_PRICING_MAX_K = 64
 # Batch sizes above the largest one this run has measured are priced this much cheaper when
 # the length of a lookup draft that pays is chosen. Their cost comes from a saved profile or a
 # fitted line; one that is too high would never be chosen, so never corrected, and long copies
@@ -76,72 +65,6 @@ UNMEASURED_OPTIMISM = 1.25
 # Longest first round considered when a long lookup draft might better be split in two
 # (acceptance.first_round_of_two): the risky start of a copy is a few tokens long.
 FIRST_ROUND_MOST = 8
-
-
-class Learned:
-    """What auto mode has learned about acceptance; shared by the generations of one engine."""
-
-    def __init__(self):
-        self.lookup: dict[str, LookupAcceptance] = {}
-        self.confidence = ConfidenceAcceptance()
-        self.model_rounds_rate: Optional[float] = None
-        self.rounds = 0
-        self.last_model_round: Optional[int] = None  # None: never looked at
-        self.explore_interval = EXPLORE_INTERVAL
-        self.model_rounds_measured = 0  # in this run (start_from does not count)
-
-    def lookup_acceptance(self, source: str, chat: bool = False) -> LookupAcceptance:
-        """Lookup acceptance of one source, kept apart for answers in a chat template, which
-        copy from their prompt less than raw completions do (see CHAT_MATCH_PRIOR)."""
-        key = f"{source}/chat" if chat else source
-        if key not in self.lookup:
-            self.lookup[key] = LookupAcceptance(MEMORY_MATCH_WEIGHT if source == "memory" else 1.0, chat=chat)
-        return self.lookup[key]
-
-    def model_rate(self, plain_rate: float) -> float:
-        if self.model_rounds_rate is None:
-            return plain_rate * UNTRIED_MODEL_OPTIMISM
-        return self.model_rounds_rate
-
-    def start_from(self, model_rate_ratio: Optional[float], plain_rate: float) -> None:
-        """Begin with what earlier runs on this machine measured, instead of probing the draft
-        model at the start of every generation (a probe costs more than short outputs win)."""
-        if model_rate_ratio is None or plain_rate <= 0:
-            return
-        self.model_rounds_rate = model_rate_ratio * plain_rate
-        if model_rate_ratio < 1.0:
-            self.last_model_round = 0
-            self.explore_interval = MAX_EXPLORE_INTERVAL // 16
-
-    def model_rate_ratio(self, plain_rate: float) -> Optional[float]:
-        if self.model_rounds_rate is None or plain_rate <= 0:
-            return None
-        return self.model_rounds_rate / plain_rate
-
-    def model_verdict_to_save(self, plain_rate: float) -> Optional[float]:
-        """The model's rate relative to plain, if this run measured enough rounds to tell."""
-        if self.model_rounds_measured < MIN_MODEL_ROUNDS_TO_SAVE:
-            return None
-        return self.model_rate_ratio(plain_rate)
-
-    def model_worth_trying(self, plain_rate: float) -> bool:
-        return self.model_rate(plain_rate) > plain_rate * MARGIN  # a saved 1.00x is noise, not a gain
-
-    def should_explore_model(self) -> bool:
-        return self.last_model_round is None or self.rounds - self.last_model_round >= self.explore_interval
-
-    def observe_model_round(self, tokens_per_second: float, plain_rate: float) -> None:
-        old = self.model_rounds_rate
-        self.model_rounds_rate = (
-            tokens_per_second if old is None else (1 - MODEL_RATE_EMA) * old + MODEL_RATE_EMA * tokens_per_second
-        )
-        self.last_model_round = self.rounds
-        self.model_rounds_measured += 1
-        # Where model drafts do not pay, look again less and less often.
-        if self.model_rounds_rate < plain_rate:
-            self.explore_interval = min(self.explore_interval * 2, MAX_EXPLORE_INTERVAL)
-        else:
-            self.explore_interval = EXPLORE_INTERVAL
 
 
 class AutoPolicy:
@@ -157,6 +80,7 @@ class AutoPolicy:
         learned: Optional[Learned] = None,
         memory=None,
         chat: bool = False,
+        trace: Optional[RoundTrace] = None,
     ):
         self.lookups = list(lookups)
         self.model = model
@@ -165,7 +89,14 @@ class AutoPolicy:
         self.learned = learned or Learned()
         self.memory = memory  # earlier outputs: this generation's output is added at its end
         self.chat = chat  # the prompt is in the target's chat template
+        self.trace = trace  # every round's prediction against its outcome (trace.py)
+        # The round being played: what was tried, its drafting time, why, the predicted
+        # acceptance of each drafted token, and the clocks when its target decode began.
         self._last_round: tuple[str, float] = ("none", 0.0)
+        self._why, self._predicted = "plain", []
+        self._span: Optional[Span] = None
+        self._prompt_length = self._position = 0  # position: tokens emitted before this round
+        self._generation = 0
         self._last_probe = 0
         self._model_ready = False
         # Last round's lookup candidates, to check against what the round emitted (see the
@@ -175,13 +106,17 @@ class AutoPolicy:
     def begin(self, prompt: Sequence[int]) -> None:
         for lookup in self.lookups:
             lookup.begin(prompt)
-        for acceptance in self.learned.lookup.values():
-            acceptance.begin_generation()
+        plain = self.costs.plain_rate()
+        self.learned.begin_generation(plain)
         self._shadow = (0, [])
+        self._prompt_length = len(prompt)
+        if self.trace is not None:
+            self._generation = self.trace.begin_generation()
         # The draft model takes part in this generation only if its cache gets the prompt now
         # (prompt time): catching up on a whole prompt inside a round would cost seconds.
         self._model_ready = self.model is not None and (
-            self.learned.model_worth_trying(self.costs.plain_rate()) or self.learned.should_explore_model()
+            self.learned.model_rate(plain) > plain * MARGIN
+            or (self.learned.wants_a_look() and self._model_can_pay(self.k))
         )
         if self._model_ready:
             self.model.begin(prompt)
@@ -192,14 +127,15 @@ class AutoPolicy:
 
     def draft(self, history: Sequence[int], max_k: int, choose: DraftChooser) -> Draft:
         self._observe_shadows(history)
+        self._position = len(history) - self._prompt_length
         k_max = min(self.k, max_k)
         plain = self.costs.plain_rate()
         if k_max <= 0 or plain <= 0 or self.costs.wants_plain_probe():
             return self._chosen(NO_DRAFT, 0.0)
 
         start = time.perf_counter()
-        best, best_rate = NO_DRAFT, plain * MARGIN
-        near, near_rate = NO_DRAFT, 0.0  # the best candidate at one token or more, paying or not
+        best, best_rate, best_alphas, why = NO_DRAFT, plain * MARGIN, [], "plain"
+        near, near_rate, near_alphas = NO_DRAFT, 0.0, []  # the best candidate at one token or more
         measured = None  # the largest batch size this run has measured, once a draft pays
         candidates = []
         for lookup in self.lookups:
@@ -222,23 +158,35 @@ class AutoPolicy:
                 # Its risky start first, if a cheap round of that is expected to save more.
                 first = first_round_of_two(alphas, long_k, self.costs.target_time(1),
                                            lambda j: self.costs.target_time(j + 1), FIRST_ROUND_MOST)
-                best, best_rate = candidate.prefix(long_k if first is None else first), rates[k]
+                best, best_rate, best_alphas = candidate.prefix(long_k if first is None else first), rates[k], alphas
+                why = "pays" if first is None else "split"
             if rates[k] > near_rate:
-                near, near_rate = candidate, rates[k]
+                near, near_rate, near_alphas = candidate, rates[k], alphas
         lookup_seconds = time.perf_counter() - start
 
         if self._model_ready:
-            # The draft model when its rounds have been faster than the best lookup draft
-            # (or plain); or, with nothing better at hand, a short look when it is time to look
-            # again (a look costs a few draft tokens, not a full-length draft).
-            if self.learned.model_rounds_rate is not None and self.learned.model_rate(plain) > best_rate:
-                return self._model_draft(history, k_max, choose)
-            if not best.tokens and self.learned.should_explore_model():
-                return self._model_draft(history, min(k_max, EXPLORE_MAX_K), choose)
+            # The draft model when its rounds in this generation have been faster than the
+            # best lookup draft (or plain); or, with nothing better at hand, a short look when
+            # it is time to look (a look costs a few draft tokens, not a full-length draft).
+            if self.learned.model_rate(plain) > best_rate:
+                return self._model_draft(history, k_max, choose, "model")
+            if not best.tokens and self.learned.wants_a_look() and self._model_can_pay(k_max):
+                return self._model_draft(history, min(k_max, EXPLORE_MAX_K), choose, "look")
         if not best.tokens and near_rate >= plain * PROBE_MIN_RATE:
-            best = self._probe(near)
+            best, best_alphas, why = self._probe(near), near_alphas, "probe"
         self._remember_candidates(len(history), candidates, best)
-        return self._chosen(best, lookup_seconds)
+        return self._chosen(best, lookup_seconds, why=why if best.tokens else "plain", predicted=best_alphas)
+
+    def _model_can_pay(self, k_max: int) -> bool:
+        """Whether a model draft could beat plain decoding at all: every token at the best
+        acceptance learned for any confidence, at the measured costs of drafting and verifying.
+        Where a verify of n tokens costs almost n plain steps (a CPU), only near-certain tokens
+        pay, and a look at the model is a loss before it starts."""
+        alpha = self.learned.confidence.best_alpha()
+        per_token = self.costs.draft_time(1)
+        alphas = [alpha] * min(k_max, MODEL_PRICING_MAX_K)
+        rates = draft_rates(alphas, lambda k: k * per_token + self.costs.target_time(k + 1))
+        return len(rates) > 1 and max(rates[1:]) > self.costs.plain_rate() * MARGIN
 
     def _remember_candidates(self, history_length: int, candidates: list[Draft], drafted: Draft) -> None:
         # The drafted candidate's first len(drafted) tokens are observed by `observe`.
@@ -283,8 +231,8 @@ class AutoPolicy:
         self._last_probe = self.learned.rounds
         return draft.prefix(n - 1)
 
-    def _model_draft(self, history: Sequence[int], k_max: int, choose: DraftChooser) -> Draft:
-        start = time.perf_counter()
+    def _model_draft(self, history: Sequence[int], k_max: int, choose: DraftChooser, why: str) -> Draft:
+        span = ContentionMeter.start()
         alphas: list[float] = []
         per_token = self.costs.draft_time(1)
 
@@ -299,32 +247,56 @@ class AutoPolicy:
             return gain > rate_now * extra_cost
 
         draft = self.model.propose(history, k_max, choose, keep_drafting)
-        seconds = time.perf_counter() - start
+        seconds, busy = self.costs.meter.stop(span)
         if draft.tokens:
-            self.costs.observe_draft(len(draft), seconds)
+            self.costs.observe_draft(len(draft), seconds, busy)
+        alphas = [self.learned.confidence.alpha(c) for c in draft.confidence or []]
         if draft.tokens and choose.kind != "rejection":
             # Drafting time is spent now; verify the prefix with the best expected rate. Only
             # where verification keeps the target's own choices whatever the draft is.
-            alphas = [self.learned.confidence.alpha(c) for c in draft.confidence]
             k, _ = best_draft_length(alphas, lambda k: seconds + self.costs.target_time(k + 1))
             draft = draft.prefix(k)
-        return self._chosen(draft, seconds, tried="model")
+        return self._chosen(draft, seconds, tried="model", why=why, predicted=alphas[: len(draft)])
 
-    def _chosen(self, draft: Draft, draft_seconds: float, tried: Optional[str] = None) -> Draft:
+    def _chosen(self, draft: Draft, draft_seconds: float, tried: Optional[str] = None, why: str = "plain",
+                predicted: Sequence[float] = ()) -> Draft:
         # `tried` differs from draft.source when a model draft was trimmed to nothing.
         self._last_round = (tried or draft.source, draft_seconds)
+        self._why, self._predicted = why, list(predicted[: len(draft)])
+        self._span = ContentionMeter.start()  # the target decode follows at once
         return draft
 
     def observe(self, draft: Draft, n_accepted: int, target_seconds: float) -> None:
         source, draft_seconds = self._last_round
-        self.costs.observe_target(len(draft) + 1, target_seconds)
+        busy = False
+        if self._span is not None:
+            _, busy = self.costs.meter.stop(self._span)
+            self._span = None
+        self._record(draft, n_accepted, target_seconds, busy)
+        self.costs.observe_target(len(draft) + 1, target_seconds, busy)
         verified = min(len(draft), n_accepted + 1)  # positions after the first rejection are unobserved
         if source == "model":
             for i in range(verified):
                 self.learned.confidence.observe(draft.confidence[i], i < n_accepted)
             self.learned.observe_model_round(
-                (n_accepted + 1) / (draft_seconds + target_seconds), self.costs.plain_rate()
+                (n_accepted + 1) / (draft_seconds + target_seconds), self.costs.plain_rate(), busy
             )
         elif source != "none":
             self._learn_lookup(draft, range(verified), [i < n_accepted for i in range(verified)])
         self.learned.rounds += 1
+
+    def _record(self, draft: Draft, n_accepted: int, target_seconds: float, busy: bool) -> None:
+        """The round's prediction against its outcome, for the trace (before anything learns
+        from it, so the prediction is the one the choice was made on)."""
+        if self.trace is None:
+            return
+        source, draft_seconds = self._last_round
+        t1 = self.costs.target_time(1)
+        cost = (draft_seconds if source == "model" else 0.0) + self.costs.target_time(len(draft) + 1)
+        self.trace.record(RoundRecord(
+            generation=self._generation, position=self._position, source=draft.source, why=self._why,
+            match_length=draft.ngram_size if draft.tokens and source != "model" else 0,
+            predicted=[round(a, 4) for a in self._predicted], expected_tokens=expected_tokens(self._predicted)[-1],
+            cost_steps=cost / t1 if t1 > 0 else 0.0, accepted=n_accepted, target_seconds=target_seconds, busy=busy,
+            chat=self.chat,
+        ))

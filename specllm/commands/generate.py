@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
@@ -67,6 +68,10 @@ def generate(
                                         rich_help_panel=IO)] = False,
     no_stats: Annotated[bool, typer.Option("--no-stats", help="No statistics on stderr.", metavar=FLAG,
                                            rich_help_panel=IO)] = False,
+    trace: Annotated[Optional[Path], typer.Option("--trace", help="Auto mode: write every round's predicted "
+                                                  "acceptance against what the target accepted, one JSON line per "
+                                                  "round (scripts/lookup-calibration calibration FILE reads it).",
+                                                  metavar="FILE", rich_help_panel=IO)] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Generate text from a prompt with speculative decoding.
@@ -94,7 +99,9 @@ def generate(
             draft_n_gpu_layers=draft_n_gpu_layers, cross_vocab=cross_vocab, memory=memory, rpc=rpc,
             progress=FetchBars(),
         )
-        with Engine(config) as engine:
+        if trace is not None and config.mode != "auto":
+            raise UsageError("--trace records auto mode's rounds", hint="use --mode auto")
+        with Engine(config) as engine, traced(engine, trace):
             for message in engine.warnings:
                 warn(escape(message))
             show_stats = not no_stats
@@ -103,6 +110,24 @@ def generate(
                 return
             tokens = engine.tokenize_prompt(prompt_text, request)
             (run_json if json_ else run_stream)(engine, tokens, request, show_stats=show_stats)
+
+
+@contextlib.contextmanager
+def traced(engine: Engine, path: Optional[Path]):
+    """Auto mode's rounds go to `path` (one JSON line each) while the body runs."""
+    if path is None:
+        yield
+        return
+    from ..auto import RoundTrace
+
+    try:
+        engine.trace = RoundTrace.to_file(path)
+    except OSError as e:
+        raise UsageError(f"cannot write the trace to {path}: {e.strerror or e}") from None
+    try:
+        yield
+    finally:
+        engine.trace.close()
 
 
 def check_output_flags(*, json_: bool, jsonl: bool, prompt: Optional[str]) -> None:
