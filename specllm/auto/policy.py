@@ -57,10 +57,9 @@ EXPLORE_MAX_K = 4
 # Longest model draft considered when judging whether a model draft could pay at all.
 MODEL_PRICING_MAX_K = 64
 # Batch sizes above the largest one this run has measured are priced this much cheaper when
-# the length of a lookup draft that pays is chosen. Their cost comes from a saved profile or a
-# fitted line; one that is too high would never be chosen, so never corrected, and long copies
-# would be cut short for good. A wrong guess costs at most this fraction of one round, once per
-# size: the round measures it.
+# the length of a lookup draft that pays is chosen, among the lengths that pay at their honest
+# price. Their cost comes from a saved profile or a fitted line; one that is a little too high
+# would never be chosen, so never corrected, and long copies would be cut short for good.
 UNMEASURED_OPTIMISM = 1.25
 # Longest first round considered when a long lookup draft might better be split in two
 # (acceptance.first_round_of_two): the risky start of a copy is a few tokens long.
@@ -154,7 +153,10 @@ class AutoPolicy:
                 if measured is None:
                     measured = self.costs.measured_up_to()
                 hopeful = draft_rates(alphas, lambda k: self._hopeful_verify_time(k, measured))
-                long_k = max(range(1, len(hopeful)), key=hopeful.__getitem__)
+                # Only among the lengths that pay at their honest price: a first bet at a new
+                # size must not lose (a short run measures few sizes, and bets once at each).
+                paying = [j for j in range(1, len(rates)) if rates[j] > plain * MARGIN]
+                long_k = max(paying, key=hopeful.__getitem__)
                 # Its risky start first, if a cheap round of that is expected to save more.
                 first = first_round_of_two(alphas, long_k, self.costs.target_time(1),
                                            lambda j: self.costs.target_time(j + 1), FIRST_ROUND_MOST)
