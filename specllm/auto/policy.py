@@ -155,7 +155,7 @@ class AutoPolicy:
                 hopeful = draft_rates(alphas, lambda k: self._hopeful_verify_time(k, measured))
                 # Only among the lengths that pay at their honest price: a first bet at a new
                 # size must not lose (a short run measures few sizes, and bets once at each).
-                paying = [j for j in range(1, len(rates)) if rates[j] > plain * MARGIN]
+                paying = [j for j in range(1, len(rates)) if rates[j] >= plain]
                 long_k = max(paying, key=hopeful.__getitem__)
                 # Its risky start first, if a cheap round of that is expected to save more.
                 first = first_round_of_two(alphas, long_k, self.costs.target_time(1),
