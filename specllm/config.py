@@ -101,6 +101,19 @@ def check_sampling(temp: float, top_k: int, top_p: float, min_p: float) -> None:
         raise UsageError(f"--min-p must be in [0, 1], got {min_p}")
 
 
+# -n -1, as in llama.cpp: no limit but the end of generation and the context.
+UNLIMITED_TOKENS = -1
+
+
+def max_tokens_limit(name: str, value: Optional[int]) -> Optional[int]:
+    """A -n value as a limit: None (unlimited) for None or -1, else a count >= 0."""
+    if value is None or value == UNLIMITED_TOKENS:
+        return None
+    if value < 0:
+        raise UsageError(f"{name} must be >= 0, or -1 for no limit, got {value}")
+    return value
+
+
 def check_seed(seed: Optional[int]) -> None:
     if seed is not None and seed < 0:
         raise UsageError(f"--seed must be >= 0, got {seed}", hint="leave --seed out for a random seed")

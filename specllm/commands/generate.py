@@ -11,7 +11,9 @@ import typer
 from rich.markup import escape
 
 from .. import llama
-from ..config import DEFAULT_CTX_SIZE, check_positive, check_sampler, check_sampling, check_seed, engine_config
+from ..config import (
+    DEFAULT_CTX_SIZE, check_sampler, check_sampling, check_seed, engine_config, max_tokens_limit,
+)
 from ..console import EXIT_INTERRUPTED, FetchBars, reported_errors, silence_stdout, stderr, warn
 from ..engine import Engine, Request, with_overrides
 from ..errors import SpecllmError, UsageError
@@ -37,7 +39,7 @@ def generate(
     mode: ModeOpt = None,
     draft_max: DraftMaxOpt = None,
     ngram: NgramOpt = None,
-    max_tokens: MaxTokensOpt = 256,
+    max_tokens: MaxTokensOpt = None,
     ctx_size: CtxSizeOpt = DEFAULT_CTX_SIZE,
     draft_ctx_size: DraftCtxSizeOpt = None,
     threads: ThreadsOpt = None,
@@ -114,9 +116,9 @@ def check_output_flags(*, json_: bool, jsonl: bool, prompt: Optional[str]) -> No
         raise UsageError("--jsonl reads JSON lines from stdin: pipe them in, e.g. < prompts.jsonl")
 
 
-def build_request(*, max_tokens: int, temp: float, top_k: int, top_p: float, min_p: float, seed: Optional[int],
+def build_request(*, max_tokens: Optional[int], temp: float, top_k: int, top_p: float, min_p: float, seed: Optional[int],
                   chat: bool, ignore_eos: bool, truncate: bool, sampler: Optional[str] = None) -> Request:
-    check_positive("--max-tokens", max_tokens, allow_zero=True)
+    max_tokens = max_tokens_limit("--max-tokens", max_tokens)
     check_sampling(temp, top_k, top_p, min_p)
     check_seed(seed)
     check_sampler(sampler)
@@ -306,10 +308,12 @@ def parse_jsonl_line(raw: bytes | str, request: Request) -> tuple[Request, str]:
         raise UsageError("not JSON: nested too deeply") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
         raise UsageError('each line needs a "prompt" string, e.g. {"prompt": "def add(a, b):"}')
-    line_request = with_overrides(request, _overrides(obj))
+    overrides = _overrides(obj)
+    if "max_tokens" in overrides:
+        overrides["max_tokens"] = max_tokens_limit("max_tokens", overrides["max_tokens"])
+    line_request = with_overrides(request, overrides)
     p = line_request.params
     check_sampling(p.temperature, p.top_k, p.top_p, p.min_p)
-    check_positive("max_tokens", line_request.max_tokens, allow_zero=True)
     check_seed(line_request.seed)
     check_sampler(line_request.sampler)
     return line_request, check_text_is_utf8(obj["prompt"], "the prompt")
