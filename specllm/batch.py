@@ -24,6 +24,12 @@ from .llama import common_prefix_length
 from .speculative import Generation, TokenEvent, step_together
 
 
+# A free slot whose cache holds at least this share of a new prompt takes it (the prefix is
+# reused); below it, a BOS or a few common tokens are not worth evicting another cache for.
+# llama-server's --slot-prompt-similarity defaults to 0.1 as well.
+MIN_SHARED_PREFIX = 0.1
+
+
 @dataclass
 class Active:
     """A generation running in a slot, with its caller's handle (a line number, a server job)."""
@@ -49,6 +55,8 @@ class Scheduler:
         self.engine = engine
         self.slots: list[Optional[Active]] = [None] * engine.n_slots
         self.on_round = on_round
+        self._last_used = [0] * engine.n_slots  # the start count when each slot last started
+        self._n_started = 0
 
     @property
     def active(self) -> list[Active]:
@@ -63,13 +71,19 @@ class Scheduler:
         return len(self.slots) - self.n_free
 
     def pick_slot(self, prompt: Sequence[int]) -> int:
-        """The free slot whose cache shares the longest prefix with `prompt` (the lowest of equals):
-        a follow-up request or a shared system prompt skips the part already cached."""
+        """The free slot whose cache shares the longest prefix with `prompt`, when it shares a
+        real part of it (a follow-up request, a shared system prompt: that part is not decoded
+        again); else the free slot used least recently, whose cache is least likely to serve a
+        follow-up (as llama-server chooses, with its --slot-prompt-similarity)."""
         free = [i for i, a in enumerate(self.slots) if a is None]
         if not free:
             raise RuntimeError("no free slot")  # callers check n_free first
         sequences = self.engine.target.sequences
-        return max(free, key=lambda i: (common_prefix_length(sequences[i].tokens, prompt[:-1]), -i))
+        shared = {i: common_prefix_length(sequences[i].tokens, prompt[:-1]) for i in free}
+        best = max(free, key=lambda i: (shared[i], -i))
+        if shared[best] >= MIN_SHARED_PREFIX * len(prompt):
+            return best
+        return min(free, key=lambda i: (self._last_used[i], i))
 
     def start(self, prompt: Sequence[int], request: Request, tag: Hashable) -> Active:
         """Start a generation in a free slot; its prompt joins the next rounds in chunks.
@@ -77,6 +91,8 @@ class Scheduler:
         slot = self.pick_slot(prompt)
         cached = common_prefix_length(self.engine.target.sequences[slot].tokens, prompt[:-1])
         generation = self.engine.generate(prompt, request, slot)
+        self._n_started += 1
+        self._last_used[slot] = self._n_started
         active = self.slots[slot] = Active(slot, generation, tag, cached)
         return active
 

@@ -1,13 +1,19 @@
 """Auto mode inside a shared batch: what drafts cost one sequence when others decode with it.
 
 Alone, verifying k drafts costs T(k + 1) against T(1) for a plain step. When the round's
-decode already carries B rows of other sequences, this sequence's rows make the batch bigger
-instead: its plain step costs T(B + 1) - T(B), and k drafts cost T(B + 1 + k) - T(B). The
-policy prices every draft with that marginal cost (`BatchCosts`, a view of the engine's one
-CostModel), so it finds from the measured T(n) alone that drafts pay less as the batch grows:
-where T(n) is flat (a GPU, or a CPU at small n) a draft costs almost nothing; where T(n) has
-become linear, a draft row costs as much as another sequence's plain row and pays only if it
-is almost surely accepted.
+decode already carries B rows of other sequences, the round costs T(B + 1) with this
+sequence's last token in it, and k drafts make the batch bigger: they cost T(B + 1 + k) -
+T(B + 1), the marginal cost of a bigger batch, not T(k + 1). Drafts pay when the tokens they
+are expected to add come faster than the round's own rate, one token per row in T(B + 1):
+
+    (E(k) - 1) / (T(B + 1 + k) - T(B + 1))  >  (B + 1) / T(B + 1)
+
+The single-sequence policy compares E(k) / C(k) with 1 / C(0); with C(0) = T(B + 1) / (B + 1)
+(this sequence's share of the round) and C(k) = C(0) + T(B + 1 + k) - T(B + 1) that is the same
+test, so `BatchCosts` prices C(n) so and the policy runs unchanged. It then finds from the
+measured T(n) alone that drafts pay less as the batch grows: where T(n) is flat (a GPU, or a
+CPU at small n) a draft row costs almost nothing; where T(n) has become linear, a draft row
+costs as much as another sequence's row and pays only if it is almost surely accepted.
 
 B = 0 is the single-sequence policy, unchanged.
 """
@@ -39,10 +45,16 @@ class BatchCosts:
         self.rows_before = 0
 
     def target_time(self, n: int) -> float:
-        return marginal_time(self.base, self.rows_before, n)
+        """C(n - 1): this sequence's share of the round for its first row, and the marginal cost
+        of the bigger batch for the n - 1 drafts after it (see the module docstring)."""
+        rows = self.rows_before
+        if rows <= 0:
+            return self.base.target_time(n)
+        share = self.base.target_time(rows + 1) / (rows + 1)
+        return share + marginal_time(self.base, rows + 1, n - 1) if n > 1 else share
 
     def plain_rate(self) -> float:
-        """Tokens per second of this sequence's plain step: 1 / its marginal cost."""
+        """Tokens per second of this sequence's plain step: one per row of the round."""
         if self.rows_before <= 0:
             return self.base.plain_rate()
         seconds = self.target_time(1)
