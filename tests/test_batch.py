@@ -3,6 +3,8 @@ decode per round, each sequence exact as if it ran alone. Tiny models (clear mar
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -19,6 +21,9 @@ PROMPTS = [
     "she said there was",
 ]
 N_TOKENS = 32
+# scripts/gpu-check runs these tests with every layer on the GPU (-1): a device's batched
+# kernels must keep each sequence's output too.
+GPU_LAYERS = int(os.environ.get("SPECLLM_TEST_N_GPU_LAYERS", "0"))
 SAMPLED = Request(max_tokens=N_TOKENS, params=SamplingParams(temperature=0.9), seed=1234)
 
 
@@ -28,7 +33,8 @@ def _private_cache(tmp_path, monkeypatch):
 
 
 def config_for(tiny, **kwargs) -> EngineConfig:
-    return EngineConfig(**{"target": str(tiny.target), "threads": 1, "mode": "none", **kwargs})
+    return EngineConfig(**{"target": str(tiny.target), "threads": 1, "mode": "none", "n_gpu_layers": GPU_LAYERS,
+                           **kwargs})
 
 
 def alone(engine: Engine, prompt: str, request: Request) -> list[int]:
@@ -61,7 +67,7 @@ def together(engine: Engine, jobs: list[tuple[str, Request]], *, rounds_before_e
 def reference(tiny, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SPECLLM_CACHE", str(tmp_path_factory.mktemp("cache")))
-        with Engine(EngineConfig(target=str(tiny.target), threads=1, mode="none")) as engine:
+        with Engine(EngineConfig(target=str(tiny.target), threads=1, mode="none", n_gpu_layers=GPU_LAYERS)) as engine:
             return {p: alone(engine, p, Request(max_tokens=N_TOKENS)) for p in PROMPTS}
 
 
@@ -69,7 +75,7 @@ def reference(tiny, tmp_path_factory):
 
 
 def test_rows_of_two_sequences_decode_as_each_would_alone(tiny):
-    model = Model(tiny.target)
+    model = Model(tiny.target, n_gpu_layers=GPU_LAYERS)
     a, b = model.vocab.tokenize(PROMPTS[0]), model.vocab.tokenize(PROMPTS[1])
     with Context(model, n_ctx=128, n_threads=1) as single:
         logits_a = single.decode(a, all_logits=True).copy()
@@ -87,7 +93,7 @@ def test_rows_of_two_sequences_decode_as_each_would_alone(tiny):
 
 
 def test_rolling_back_one_sequence_never_touches_another(tiny):
-    model = Model(tiny.target)
+    model = Model(tiny.target, n_gpu_layers=GPU_LAYERS)
     a = model.vocab.tokenize(PROMPTS[0])
     b = model.vocab.tokenize(PROMPTS[2])
     with Context(model, n_ctx=128, n_threads=1) as single:
@@ -108,7 +114,7 @@ def test_rolling_back_one_sequence_never_touches_another(tiny):
 
 
 def test_each_sequence_has_the_full_ctx_size(tiny):
-    model = Model(tiny.target)
+    model = Model(tiny.target, n_gpu_layers=GPU_LAYERS)
     with Context(model, n_ctx=64, n_threads=1, n_seq=4) as ctx:
         assert ctx.n_ctx == 64 and all(s.room == 64 for s in ctx.sequences)
         ctx.sequence(1).decode(list(range(10, 70)))
