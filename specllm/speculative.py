@@ -271,46 +271,10 @@ def step_together(generations: Sequence[Generation],
     if not generations:
         return []
     context = generations[0].target.context
-    prefill: list[tuple[Generation, list[int]]] = []
-    generating: list[Generation] = []
-    for g in generations:
-        if g.finish_reason is not None:
-            continue
-        missing = g.missing()
-        if missing:
-            prefill.append((g, missing))
-        elif not g._begun:
-            g.begin()
-            generating.append(g)
-        else:
-            generating.append(g)
-
-    # At most one chunk of prompts a round while others generate (see PREFILL_CHUNK).
-    budget = context.n_batch - len(generating)
-    prefill_budget = min(PREFILL_CHUNK, budget) if generating else budget
-    rows: list[Rows] = []
-    prefilled: list[tuple[Generation, int]] = []
-    for g, missing in prefill:
-        chunk = missing[:prefill_budget]
-        if not chunk:
-            break
-        rows.append(Rows(g.target, chunk, "none"))
-        prefilled.append((g, len(missing) - len(chunk)))
-        prefill_budget -= len(chunk)
-
-    n_prefill = sum(len(r.tokens) for r in rows)
-    rows_before = n_prefill + len(generating) - 1
-    most_extra = context.n_batch - n_prefill - len(generating)  # rows left for drafts
-    plans: list[Plan] = []
-    for g in generating:
-        plan = g.plan(rows_before, 1 + most_extra)
-        if plan is None:
-            rows_before -= 1
-            continue
-        plans.append(plan)
-        rows.append(Rows(g.target, plan.tokens, "all"))
-        rows_before += len(plan.draft)
-        most_extra -= len(plan.draft)
+    joining, generating = _sort_out(generations)
+    prefill = _prefill_rows(joining, context.n_batch, len(generating))
+    plans = _plan_drafts(generating, context.n_batch, sum(len(r.tokens) for _, r, _ in prefill))
+    rows = [r for _, r, _ in prefill] + [Rows(p.generation.target, p.tokens, "all") for p in plans]
     if not rows:
         return [events[id(g)] for g in generations]
 
@@ -320,7 +284,7 @@ def step_together(generations: Sequence[Generation],
     except ContextFullError:
         # Each sequence's room was checked: llama.cpp found no cells for the batch. Nothing
         # was decoded; the generations in it end as a full context would end them.
-        for g in [p.generation for p in plans] + [g for g, _ in prefilled]:
+        for g in [p.generation for p in plans] + [g for g, _, _ in prefill]:
             g.finish_reason = "length"
         return [events[id(g)] for g in generations]
     seconds = time.perf_counter() - start
@@ -328,17 +292,67 @@ def step_together(generations: Sequence[Generation],
     n_rows = sum(len(r.tokens) for r in rows)
     if on_round is not None:
         on_round(n_rows, seconds)
-    if len(plans) > 1 and not prefilled:  # alone, the policy records its own round (observe)
+    if len(plans) > 1 and not prefill:  # alone, the policy records its own round (observe)
         _record_round(plans, n_rows, seconds)
-    for g, still_missing in prefilled:
+    for g, _, complete in prefill:
         g.stats.prompt_seconds += seconds
-        if not still_missing and not g._begun:
+        if complete and not g._begun:
             g.begin()
-    for plan, plan_logits in zip(plans, logits[len(prefilled):]):
+    for plan, plan_logits in zip(plans, logits[len(prefill):]):
         # Each generation is charged its share of the shared decode, by rows.
         share = seconds * len(plan.tokens) / n_rows
         events[id(plan.generation)] = plan.generation.conclude(plan, plan_logits, share)
     return [events[id(g)] for g in generations]
+
+
+def _sort_out(generations: Sequence[Generation]) -> tuple[list[tuple[Generation, list[int]]], list[Generation]]:
+    """(the generations whose cache still lacks part of their history, with those tokens; the
+    ones ready to draft). A new generation whose prompt is already cached begins now."""
+    joining, generating = [], []
+    for g in generations:
+        if g.finish_reason is not None:
+            continue
+        missing = g.missing()
+        if missing:
+            joining.append((g, missing))
+            continue
+        if not g._begun:
+            g.begin()
+        generating.append(g)
+    return joining, generating
+
+
+def _prefill_rows(joining: list[tuple[Generation, list[int]]], n_batch: int,
+                  n_generating: int) -> list[tuple[Generation, Rows, bool]]:
+    """Prompt chunks for this round, first come first served: one chunk of PREFILL_CHUNK tokens
+    in all while others generate, n_batch alone. (generation, its rows, whether they complete
+    its prompt)."""
+    budget = min(PREFILL_CHUNK, n_batch - n_generating) if n_generating else n_batch
+    chunks = []
+    for g, missing in joining:
+        chunk = missing[:budget]
+        if not chunk:
+            break
+        chunks.append((g, Rows(g.target, chunk, "none"), len(chunk) == len(missing)))
+        budget -= len(chunk)
+    return chunks
+
+
+def _plan_drafts(generating: list[Generation], n_batch: int, n_prefill: int) -> list[Plan]:
+    """Each generation's rows, planned in turn: each sees the rows planned before it and one
+    row for each generation after it (its policy prices drafts at the bigger batch's cost)."""
+    plans = []
+    rows_before = n_prefill + len(generating) - 1
+    most_drafts = n_batch - n_prefill - len(generating)  # rows left for drafts
+    for g in generating:
+        plan = g.plan(rows_before, 1 + most_drafts)
+        if plan is None:  # finished: its row is not in the batch
+            rows_before -= 1
+            continue
+        plans.append(plan)
+        rows_before += len(plan.draft)
+        most_drafts -= len(plan.draft)
+    return plans
 
 
 def _record_round(plans: list[Plan], n_rows: int, seconds: float) -> None:
