@@ -21,6 +21,7 @@ from typing import Callable, Hashable, Optional, Sequence
 
 from .engine import Engine, Request
 from .llama import common_prefix_length
+from .drafting.lockstep import Lockstep
 from .speculative import Generation, TokenEvent, step_together
 
 
@@ -55,6 +56,9 @@ class Scheduler:
         self.engine = engine
         self.slots: list[Optional[Active]] = [None] * engine.n_slots
         self.on_round = on_round
+        # The draft model drafts for every slot at once (see drafting/lockstep.py).
+        self.lockstep = Lockstep(engine.draft, engine.n_slots) if engine.draft is not None and engine.n_slots > 1 \
+            else None
         self._last_used = [0] * engine.n_slots  # the start count when each slot last started
         self._n_started = 0
 
@@ -102,7 +106,7 @@ class Scheduler:
         active = self.active
         if not active:
             return []
-        events = step_together([a.generation for a in active], self.on_round)
+        events = step_together([a.generation for a in active], self.on_round, self.lockstep)
         for a in active:
             if a.finished:
                 self.drop(a)
@@ -118,6 +122,12 @@ class Scheduler:
         generation.end()
         if self.slots[active.slot] is active:
             self.slots[active.slot] = None
+
+    def close(self) -> None:
+        """Drop every generation and stop the drafting threads."""
+        self.drop_all("interrupted")
+        if self.lockstep is not None:
+            self.lockstep.close()
 
     def drop_all(self, reason: str) -> list[Active]:
         dropped = self.active

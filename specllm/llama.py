@@ -16,6 +16,7 @@ import os
 import re
 import stat
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -387,6 +388,10 @@ class Context:
         self.n_vocab: int = model.vocab.n_tokens
         self.sequences: list[KVSequence] = [KVSequence(self, seq_id) for seq_id in range(n_seq)]
         self._batch = _Batch(self.n_batch)
+        # Drafters on several threads (drafting/lockstep.py) call into this context: one C call
+        # at a time (ctypes releases the GIL, and llama.cpp's cache is not thread-safe).
+        self.lock = threading.Lock()
+        self.lockstep = None  # a Lockstep merging its threads' decodes, while one runs
 
     @property
     def n_seq(self) -> int:
@@ -441,17 +446,30 @@ class Context:
         """Append each Rows' tokens to its sequence, all in ONE llama_decode; return each one's
         logits: (len(tokens), n_vocab) for logits="all", (1, n_vocab) for "last", None for "none".
 
-        The batch must fit n_batch. On failure every sequence is left as it was.
+        The batch must fit n_batch. On failure every sequence is left as it was. While a
+        Lockstep runs several drafters on this context, its threads' rows are merged with each
+        other's into one decode (drafting/lockstep.py).
         """
+        self.check_room(rows)
+        lockstep = self.lockstep
+        if lockstep is not None and lockstep.is_member():
+            return lockstep.decode(rows)
+        with self.lock:
+            return self.decode_now(rows)
+
+    def check_room(self, rows: Sequence["Rows"]) -> None:
+        for r in rows:
+            if len(r.tokens) > r.sequence.room:
+                raise ContextFullError(
+                    f"context full: {r.sequence.n_past} + {len(r.tokens)} tokens > n_ctx {self.n_ctx}")
+
+    def decode_now(self, rows: Sequence["Rows"]) -> list[np.ndarray | None]:
+        """decode_rows without a Lockstep (the caller holds `lock`)."""
         n = sum(len(r.tokens) for r in rows)
         if n == 0:
             raise ValueError("decode needs at least one token")
         if n > self.n_batch:
             raise ValueError(f"a batch of {n} tokens exceeds n_batch {self.n_batch}")
-        for r in rows:
-            if len(r.tokens) > r.sequence.room:
-                raise ContextFullError(
-                    f"context full: {r.sequence.n_past} + {len(r.tokens)} tokens > n_ctx {self.n_ctx}")
         batch, i = self._batch, 0
         for r in rows:
             m, start = len(r.tokens), r.sequence.n_past
@@ -571,7 +589,9 @@ class KVSequence:
         sequence's cells go: the other sequences keep theirs."""
         if n_keep >= len(self.tokens):
             return
-        if not C.llama_memory_seq_rm(self.context._memory, self.seq_id, n_keep, -1):
+        with self.context.lock:
+            removed = C.llama_memory_seq_rm(self.context._memory, self.seq_id, n_keep, -1)
+        if not removed:
             raise DecodeError(
                 f"{self.model.name} cannot roll back its cache (recurrent or hybrid model)",
                 hint="speculative decoding needs a transformer KV cache; use --mode none",
@@ -579,12 +599,14 @@ class KVSequence:
         del self.tokens[n_keep:]
 
     def clear(self) -> None:
-        C.llama_memory_seq_rm(self.context._memory, self.seq_id, -1, -1)
+        with self.context.lock:
+            C.llama_memory_seq_rm(self.context._memory, self.seq_id, -1, -1)
         self.tokens.clear()
 
     def cached_length(self) -> int:
         """What llama.cpp holds for this sequence (its last position + 1)."""
-        return int(C.llama_memory_seq_pos_max(self.context._memory, self.seq_id)) + 1
+        with self.context.lock:
+            return int(C.llama_memory_seq_pos_max(self.context._memory, self.seq_id)) + 1
 
     def in_sync(self) -> bool:
         """Does `tokens` describe llama.cpp's cache? (An interrupt between llama_decode and our
@@ -597,7 +619,8 @@ class KVSequence:
         if n_cached < len(self.tokens):
             del self.tokens[n_cached:]
         elif n_cached > len(self.tokens):
-            C.llama_memory_seq_rm(self.context._memory, self.seq_id, len(self.tokens), -1)
+            with self.context.lock:
+                C.llama_memory_seq_rm(self.context._memory, self.seq_id, len(self.tokens), -1)
 
 
 class _Batch:

@@ -15,6 +15,7 @@ front of the next round's drafts: its logits are the target's distribution for d
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol, Sequence
@@ -22,6 +23,7 @@ from typing import Callable, Iterator, Protocol, Sequence
 import numpy as np
 
 from .drafting.base import NO_DRAFT, Draft, Drafter
+from .drafting.lockstep import Lockstep
 from .errors import ContextFullError, DecodeError, PromptTooLongError
 from .llama import Context, KVSequence, Rows, common_prefix_length
 from .sampling import DraftChooser, Sampler
@@ -257,10 +259,12 @@ class Plan:
 PREFILL_CHUNK = 128
 
 
-def step_together(generations: Sequence[Generation],
-                  on_round: Callable[[int, float], None] | None = None) -> list[list[TokenEvent]]:
+def step_together(generations: Sequence[Generation], on_round: Callable[[int, float], None] | None = None,
+                  lockstep: Lockstep | None = None) -> list[list[TokenEvent]]:
     """One round for every generation (all on sequences of one target context), each one's
-    TokenEvents in order (`on_round(rows, seconds)` hears the shared decode's size and time):
+    TokenEvents in order (`on_round(rows, seconds)` hears the shared decode's size and time;
+    with a `lockstep` on the draft model's context, the generations plan on threads and their
+    draft model decodes go together, see drafting/lockstep.py):
 
         plan      every generating sequence's last token + the drafts its policy chose,
                   and at most one chunk of a joining prompt
@@ -273,7 +277,7 @@ def step_together(generations: Sequence[Generation],
     context = generations[0].target.context
     joining, generating = _sort_out(generations)
     prefill = _prefill_rows(joining, context.n_batch, len(generating))
-    plans = _plan_drafts(generating, context.n_batch, sum(len(r.tokens) for _, r, _ in prefill))
+    plans = _plan_drafts(generating, context.n_batch, sum(len(r.tokens) for _, r, _ in prefill), lockstep)
     rows = [r for _, r, _ in prefill] + [Rows(p.generation.target, p.tokens, "all") for p in plans]
     if not rows:
         return [events[id(g)] for g in generations]
@@ -338,12 +342,19 @@ def _prefill_rows(joining: list[tuple[Generation, list[int]]], n_batch: int,
     return chunks
 
 
-def _plan_drafts(generating: list[Generation], n_batch: int, n_prefill: int) -> list[Plan]:
+def _plan_drafts(generating: list[Generation], n_batch: int, n_prefill: int,
+                 lockstep: Lockstep | None = None) -> list[Plan]:
     """Each generation's rows, planned in turn: each sees the rows planned before it and one
-    row for each generation after it (its policy prices drafts at the bigger batch's cost)."""
-    plans = []
+    row for each generation after it (its policy prices drafts at the bigger batch's cost).
+    With a lockstep, planned at once: each sees one row for each other generation and gets an
+    equal share of the rows left for drafts."""
     rows_before = n_prefill + len(generating) - 1
     most_drafts = n_batch - n_prefill - len(generating)  # rows left for drafts
+    if lockstep is not None and len(generating) > 1:
+        share = 1 + most_drafts // len(generating)
+        plans = lockstep.run([functools.partial(g.plan, rows_before, share) for g in generating])
+        return [plan for plan in plans if plan is not None]
+    plans = []
     for g in generating:
         plan = g.plan(rows_before, 1 + most_drafts)
         if plan is None:  # finished: its row is not in the batch

@@ -60,6 +60,7 @@ def together(engine: Engine, jobs: list[tuple[str, Request]], *, rounds_before_e
         if on_round is not None:
             on_round(scheduler, results)
         n_round += 1
+    scheduler.close()
     return started
 
 
@@ -139,6 +140,25 @@ def test_greedy_output_in_a_shared_batch_is_the_output_alone(tiny, reference, mo
     assert max(rows_seen) == len(PROMPTS)  # they really shared rounds
     if mode in ("ngram", "draft"):  # and speculated inside the shared decode
         assert sum(generations[i].stats.drafted for i in generations) > 0
+
+
+def test_the_draft_model_drafts_for_every_slot_in_one_decode_per_token(tiny, reference, monkeypatch):
+    config = config_for(tiny, mode="draft", draft=str(tiny.draft_other), k=4, parallel=len(PROMPTS))
+    with Engine(config) as engine:
+        sequences_per_decode = []
+        real = engine.draft.decode_now
+
+        def counting(rows):
+            sequences_per_decode.append(len({r.sequence.seq_id for r in rows}))
+            return real(rows)
+
+        monkeypatch.setattr(engine.draft, "decode_now", counting)
+        generations = together(engine, [(p, Request(max_tokens=N_TOKENS)) for p in PROMPTS])
+    assert [generations[i].tokens for i in range(len(PROMPTS))] == [reference[p] for p in PROMPTS]
+    drafted = sum(generations[i].stats.drafted for i in generations)
+    # Alone, every drafted token would cost a decode of one sequence; here most carry them all.
+    assert max(sequences_per_decode) == len(PROMPTS)
+    assert len(sequences_per_decode) < drafted / 2
 
 
 def test_a_seed_gives_the_same_text_whatever_else_is_in_the_batch(tiny):

@@ -294,6 +294,8 @@ def run_jsonl(engine: Engine, request: Request, *, show_stats: bool) -> None:
             out.put(active.tag, {"index": active.tag, **result_object(active.generation, stop)})
         out.write_ready()
         raise_stop(stop)
+    finally:
+        scheduler.close()
     if out.n_lines == 0:
         raise UsageError("standard input has no JSON lines",
                          hint='one object per line, e.g. {"prompt": "def add(a, b):"}')

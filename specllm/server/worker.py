@@ -183,6 +183,7 @@ class EngineWorker:
             for running in list(self._running.values()):
                 self.scheduler.drop(running.active, "cancelled")
                 self._finish(running, "cancelled")
+            self.scheduler.close()
 
     def _start(self, job: Job) -> None:
         if job.cancelled.is_set():
