@@ -329,6 +329,13 @@ DECODE_ERRORS = {
 }
 
 
+# Several sequences share one KV buffer (see Context). The other way, one stream per sequence,
+# attends over each sequence's own cells only (cheaper with many long sequences) but splits a
+# batch whose sequences carry different numbers of rows into several passes. Which pays for a
+# given model and machine is a measurement (README, "Many sequences in one batch").
+UNIFIED_KV = True
+
+
 class Context:
     """One llama.cpp context whose KV cache holds `n_seq` sequences, each with the tokens it holds.
 
@@ -368,7 +375,7 @@ class Context:
         params.n_batch = n_batch
         params.n_ubatch = n_batch
         params.n_seq_max = n_seq
-        params.kv_unified = n_seq > 1
+        params.kv_unified = n_seq > 1 and UNIFIED_KV
         params.n_threads = threads
         params.n_threads_batch = n_threads_batch or threads
         params.no_perf = True
