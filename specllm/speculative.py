@@ -120,7 +120,7 @@ class Generation:
         self.from_draft: list[bool] = []
         self.finish_reason: str | None = None
         self.stats = SpecStats(mode=policy.mode, k=policy.k, prompt_tokens=len(prompt))
-        self._begun = False  # the policy has seen the prompt (after the target's prefill)
+        self.begun = False  # the policy has seen the prompt (after the target's prefill)
         self._ended = False
         self._decode_start: float | None = None
 
@@ -145,7 +145,7 @@ class Generation:
         self._ended = True
         if self._decode_start is not None:
             self.stats.decode_seconds = time.perf_counter() - self._decode_start
-        if self._begun:
+        if self.begun:
             self.policy.end(self.tokens)
 
     @property
@@ -173,7 +173,7 @@ class Generation:
         """The prompt is in the target's cache: the policy sees it (a draft model prefills)."""
         start = time.perf_counter()
         self.policy.begin(self.prompt)
-        self._begun = True
+        self.begun = True
         self.stats.prompt_seconds += prefill_seconds + time.perf_counter() - start
         self._decode_start = time.perf_counter()
 
@@ -300,7 +300,7 @@ def step_together(generations: Sequence[Generation], on_round: Callable[[int, fl
         _record_round(plans, n_rows, seconds)
     for g, _, complete in prefill:
         g.stats.prompt_seconds += seconds
-        if complete and not g._begun:
+        if complete and not g.begun:
             g.begin()
     for plan, plan_logits in zip(plans, logits[len(prefill):]):
         # Each generation is charged its share of the shared decode, by rows.
@@ -320,7 +320,7 @@ def _sort_out(generations: Sequence[Generation]) -> tuple[list[tuple[Generation,
         if missing:
             joining.append((g, missing))
             continue
-        if not g._begun:
+        if not g.begun:
             g.begin()
         generating.append(g)
     return joining, generating
