@@ -497,14 +497,14 @@ class Context:
                 raise ContextFullError(f"no KV slot for a batch of {n} tokens")
             reason = DECODE_ERRORS.get(rc, f"error code {rc}")
             raise DecodeError(f"llama_decode failed for {self.model.name}: {reason}")
+        outputs = []  # each Rows' number of logits rows
         for r in rows:
             r.sequence.tokens.extend(r.tokens)
-        n_outputs = int(np.count_nonzero(batch.logits[:n]))
-        logits = np.ctypeslib.as_array(C.llama_get_logits(self._ptr), shape=(n_outputs, self.n_vocab))
+            outputs.append(len(r.tokens) if r.logits == "all" else int(r.logits == "last"))
+        logits = np.ctypeslib.as_array(C.llama_get_logits(self._ptr), shape=(sum(outputs), self.n_vocab))
         out: list[np.ndarray | None] = []
         row = 0
-        for r in rows:
-            n_rows = len(r.tokens) if r.logits == "all" else int(r.logits == "last")
+        for n_rows in outputs:
             out.append(logits[row : row + n_rows] if n_rows else None)
             row += n_rows
         return out

@@ -181,13 +181,14 @@ class Generation:
         """This round's rows: the last token and the drafts the policy chose, at most most_rows
         in all; None when the generation is finished. `rows_before` rows of other sequences
         share the decode (the policy prices drafts at the marginal cost of a bigger batch)."""
-        if self.finish_reason is None and (self.remaining <= 0 or self.target.room < 1):
+        remaining, room = self.remaining, self.target.room
+        if self.finish_reason is None and (remaining <= 0 or room < 1):
             self.finish_reason = "length"
         if self.finish_reason is not None or most_rows < 1:
             return None
         self.policy.share_round(rows_before)
         # At most `remaining` tokens may be emitted: n accepted drafts + 1 of the target's.
-        max_k = min(self.remaining - 1, self.target.room - 1, most_rows - 1)
+        max_k = min(remaining - 1, room - 1, most_rows - 1)
         start = time.perf_counter()
         draft = self._draft(max_k)
         return Plan(self, [self.history[-1], *draft.tokens], draft, self.target.n_past,
@@ -276,8 +277,9 @@ def step_together(generations: Sequence[Generation], on_round: Callable[[int, fl
         return []
     context = generations[0].target.context
     joining, generating = _sort_out(generations)
-    prefill = _prefill_rows(joining, context.n_batch, len(generating))
-    plans = _plan_drafts(generating, context.n_batch, sum(len(r.tokens) for _, r, _ in prefill), lockstep)
+    prefill = _prefill_rows(joining, context.n_batch, len(generating)) if joining else []
+    n_prefill = sum(len(r.tokens) for _, r, _ in prefill)
+    plans = _plan_drafts(generating, context.n_batch, n_prefill, lockstep)
     rows = [r for _, r, _ in prefill] + [Rows(p.generation.target, p.tokens, "all") for p in plans]
     if not rows:
         return [events[id(g)] for g in generations]
@@ -293,7 +295,7 @@ def step_together(generations: Sequence[Generation], on_round: Callable[[int, fl
         return [events[id(g)] for g in generations]
     seconds = time.perf_counter() - start
 
-    n_rows = sum(len(r.tokens) for r in rows)
+    n_rows = n_prefill + sum(len(p.tokens) for p in plans)
     if on_round is not None:
         on_round(n_rows, seconds)
     if len(plans) > 1 and not prefill:  # alone, the policy records its own round (observe)
