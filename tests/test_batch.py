@@ -304,3 +304,18 @@ def test_auto_drafts_alone_and_not_where_a_big_batch_makes_rows_dear():
     assert drafted[0] >= 3
     assert drafted[3] >= 1
     assert drafted[40] == 0
+
+
+def test_the_loop_overhead_script_prints_one_line_per_setting():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "loop-overhead"
+    result = subprocess.run([sys.executable, str(script), "--tokens", "12", "--parallel", "1,2", "--modes", "none"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:5] == ["mode", "parallel", "rows", "ms/round", "ms/row"]
+    assert [line.split()[:2] for line in lines[1:]] == [["none", "1"], ["none", "2"]]
+    assert all(float(line.split()[3]) > 0 for line in lines[1:])
