@@ -49,7 +49,7 @@ CtxSizeOpt = Annotated[
 ]
 ParallelOpt = Annotated[
     int, typer.Option("-np", "--parallel", help="Sequences decoded together in one batch, each with its own "
-                      "--ctx-size (the KV cache holds N x --ctx-size).", envvar="SPECLLM_PARALLEL", metavar="N",
+                      "--ctx-size (the KV cache holds N x --ctx-size).", metavar="N",
                       rich_help_panel=MODELS)
 ]
 DraftCtxSizeOpt = Annotated[
