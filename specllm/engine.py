@@ -184,7 +184,8 @@ class Engine:
     def _model_drafter(self, request: Request, slot: int = 0) -> Optional[Drafter]:
         if self.draft is None:
             return None
-        return make_model_drafter(self.draft.sequence(slot), self.target_model.vocab, self.compatibility, ignore_eos=request.ignore_eos)
+        return make_model_drafter(self.draft.sequence(slot), self.target_model.vocab, self.compatibility,
+                                  ignore_eos=request.ignore_eos)
 
     def forget_learning(self) -> None:
         """Start the next generation as a new process would: the saved cost profile re-read
