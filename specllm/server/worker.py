@@ -146,9 +146,7 @@ class EngineWorker:
         with self._cond:
             self._closing = True
             waiting, self._waiting = list(self._waiting), deque()
-            for running in list(self._running.values()):
-                running.job.cancelled.set()
-            self._cond.notify_all()
+            self._cond.notify_all()  # the worker ends the running generations before its next round
         for job in waiting:
             job.send("error", ShuttingDown())
 
@@ -190,7 +188,9 @@ class EngineWorker:
             return
         try:
             active = self.scheduler.start(job.tokens, job.request, tag=id(job))
-        except SpecllmError as e:
+        except Exception as e:  # a bad request (SpecllmError), or a bug: an error for its client, go on
+            if not isinstance(e, SpecllmError):
+                log.error("internal error starting a generation: %s: %s", type(e).__name__, e)
             self.metrics.count_generation("error", prompt_tokens=len(job.tokens), completion_tokens=0, tally=None)
             job.send("error", e)
             return
