@@ -199,6 +199,30 @@ def test_jsonl_parallel_lines_share_rounds_and_come_out_in_input_order(tiny, mod
     assert [o.get("finish_reason") for o in out_shared] == [o.get("finish_reason") for o in out_alone]
 
 
+def test_jsonl_parallel_a_failed_shared_decode_fails_its_lines_and_the_rest_go_on(tiny, monkeypatch):
+    from specllm.errors import DecodeError
+    from specllm.llama import Context
+
+    real, calls = Context.decode_now, []
+
+    def failing_once(self, rows):
+        calls.append(len(rows))
+        if len(calls) == 6:  # a round of both first lines, after their prompts
+            raise DecodeError("llama_decode failed: injected")
+        return real(self, rows)
+
+    monkeypatch.setattr(Context, "decode_now", failing_once)
+    lines = [json.dumps({"prompt": p, "max_tokens": 8}) for p in ("the cat said", "def add(a, b):", "one word")]
+    result = generate("-m", tiny.target, "--mode", "none", "--jsonl", "--parallel", 2, "--no-stats",
+                      input="\n".join(lines) + "\n")
+    assert result.exit_code == 1
+    out = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [o["index"] for o in out] == [0, 1, 2]
+    assert [o["finish_reason"] for o in out] == ["error", "error", "length"]
+    assert "injected" in out[0]["error"] and 0 < len(out[0]["tokens"]) < 8
+    assert len(out[2]["tokens"]) == 8
+
+
 def test_parallel_without_jsonl_is_a_usage_error(tiny):
     result = generate("-m", tiny.target, "--parallel", 2, PROMPT)
     assert result.exit_code == 2

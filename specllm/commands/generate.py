@@ -279,13 +279,12 @@ def run_jsonl(engine: Engine, request: Request, *, show_stats: bool) -> None:
                     out.put(index, {"index": index, "error": e.message})
             if scheduler.active:
                 try:
-                    finished = [active for active, _ in scheduler.round() if active.finished]
+                    for active, _ in scheduler.round():
+                        if active.finished:
+                            out.put(active.tag, {"index": active.tag, **result_object(active.generation)})
                 except SpecllmError as failure:  # a decode failed: the lines in it end with it
                     for active in scheduler.drop_all("error"):
                         out.put(active.tag, {"index": active.tag, **result_object(active.generation, failure)})
-                    continue
-                for active in finished:
-                    out.put(active.tag, {"index": active.tag, **result_object(active.generation)})
             if not out.write_ready():
                 scheduler.drop_all("interrupted")
                 return  # nobody reads the results any more
