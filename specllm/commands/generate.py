@@ -6,6 +6,7 @@ import collections
 import contextlib
 import json
 import sys
+import time
 from typing import Annotated, Callable, Optional
 
 import typer
@@ -262,6 +263,7 @@ def run_jsonl(engine: Engine, request: Request, *, show_stats: bool) -> None:
 
     scheduler = Scheduler(engine)
     out = OrderedLines(show_stats)
+    start = time.perf_counter()
     lines = ((index, raw) for index, raw in enumerate(stdin_lines()) if raw.strip())
     more_lines = True
     try:
@@ -295,6 +297,10 @@ def run_jsonl(engine: Engine, request: Request, *, show_stats: bool) -> None:
         raise_stop(stop)
     finally:
         scheduler.close()
+    if show_stats and out.n_tokens:
+        seconds = time.perf_counter() - start
+        stderr.print(f"{out.n_lines} lines, {out.n_tokens} tokens in {seconds:.1f} s: "
+                     f"{out.n_tokens / seconds:.1f} tok/s over the batch ({engine.n_slots} at once)", markup=False)
     if out.n_lines == 0:
         raise UsageError("standard input has no JSON lines",
                          hint='one object per line, e.g. {"prompt": "def add(a, b):"}')
@@ -309,7 +315,7 @@ class OrderedLines:
         self.show_stats = show_stats
         self.order: collections.deque[int] = collections.deque()
         self.results: dict[int, dict] = {}
-        self.n_lines = self.n_failed = 0
+        self.n_lines = self.n_failed = self.n_tokens = 0
 
     def expect(self, index: int) -> None:
         self.order.append(index)
@@ -318,6 +324,7 @@ class OrderedLines:
     def put(self, index: int, result: dict) -> None:
         self.results[index] = result
         self.n_failed += "error" in result
+        self.n_tokens += len(result.get("tokens", ()))
 
     def write_ready(self) -> bool:
         """Write every result whose turn has come; False when stdout's reader has gone."""
