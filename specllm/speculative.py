@@ -11,6 +11,12 @@ Each round (`Generation.step`) reads like Algorithm 1 of Leviathan et al. (2023)
 
 The target's cache always holds every token but the last emitted one (`last`), which goes in
 front of the next round's drafts: its logits are the target's distribution for d1.
+
+Several generations, each on its own sequence of one target context, take the same round
+together (`step_together`): each drafts (`Generation.plan`), ONE decode carries every one's
+[last, d1..dk] (and at most one chunk of a prompt that joins), and each verifies its own rows,
+rolls back its own sequence and emits (`Generation.conclude`). A generation alone is the case
+of one; batch.py runs many.
 """
 
 from __future__ import annotations
