@@ -218,7 +218,7 @@ class Generation:
         return events
 
     def _draft(self, max_k: int) -> Draft:
-        if max_k <= 0:
+        if max_k <= 0 or self.policy.k <= 0:  # policy.k: the most it ever drafts (0: plain decoding)
             return NO_DRAFT
         try:
             return self.policy.draft(self.history, max_k, DraftChooser(self.sampler, len(self.tokens)))
