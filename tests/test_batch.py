@@ -161,8 +161,10 @@ def test_the_draft_model_drafts_for_every_slot_in_one_decode_per_token(tiny, ref
     assert len(sequences_per_decode) < drafted / 2
 
 
-def test_a_seed_gives_the_same_text_whatever_else_is_in_the_batch(tiny):
-    config = config_for(tiny, mode="draft", draft=str(tiny.draft_other), k=3, parallel=3)
+@pytest.mark.parametrize("mode", ["none", "ngram", "draft", "auto"])
+def test_a_seed_gives_the_same_text_whatever_else_is_in_the_batch(tiny, mode):
+    config = config_for(tiny, mode=mode, draft=str(tiny.draft_other) if mode in ("draft", "auto") else None, k=3,
+                        parallel=3, ngram_sizes=(2, 1))
     others = Request(max_tokens=N_TOKENS, params=SamplingParams(temperature=1.0, top_k=20), seed=99)
     with Engine(config) as engine:
         solo = alone(engine, PROMPTS[0], SAMPLED)
