@@ -65,6 +65,9 @@ class EngineConfig:
     # a server), True also on disk between runs, False not at all.
     memory: Optional[bool] = None
     rpc: tuple[str, ...] = ()  # llama.cpp RPC workers ("host:port") holding the target's layers
+    # Sequences decoded together (--parallel): --jsonl lines or server slots. Each holds ctx_size
+    # tokens; the KV cache holds parallel x ctx_size (see llama.Context).
+    parallel: int = 1
 
 
 
@@ -82,6 +85,16 @@ def check_positive(name: str, value: Optional[int], *, allow_zero: bool = False)
 def check_draft_max(k: Optional[int], name: str = "--draft-max") -> None:
     if k is not None and not 1 <= k <= MAX_DRAFT:
         raise UsageError(f"{name} must be between 1 and {MAX_DRAFT}, got {k}")
+
+
+# Most sequences in one context: every round decodes at least one row per sequence in one batch
+# of at most n_batch (512) rows, and llama.cpp allows 256 sequences.
+MAX_PARALLEL = 256
+
+
+def check_parallel(name: str, parallel: int) -> None:
+    if not 1 <= parallel <= MAX_PARALLEL:
+        raise UsageError(f"{name} must be between 1 and {MAX_PARALLEL}, got {parallel}")
 
 
 def check_ctx_size(name: str, n_ctx: Optional[int]) -> None:
@@ -192,6 +205,7 @@ def engine_config(
     cross_vocab: bool = False,
     memory: Optional[bool] = None,
     rpc: Optional[str] = None,
+    parallel: int = 1,
     progress: FetchProgress = SILENT,
 ) -> EngineConfig:
     """Check the options, resolve the models (fetching them on first use) and apply the precedence."""
@@ -201,6 +215,7 @@ def engine_config(
     check_ctx_size("--draft-ctx-size", draft_ctx_size)
     check_positive("--threads", threads)
     check_positive("--draft-threads", draft_threads)
+    check_parallel("--parallel", parallel)
     ngram_sizes = parse_ngram_sizes(ngram)
     endpoints = parse_endpoints(rpc)
     if endpoints and n_gpu_layers == 0:
@@ -227,4 +242,5 @@ def engine_config(
         cross_vocab=cross_vocab or bool(pair_settings.get("cross_vocab")),
         memory=memory if memory is not None else pair_settings.get("memory"),
         rpc=endpoints,
+        parallel=parallel,
     )

@@ -47,6 +47,11 @@ CtxSizeOpt = Annotated[
     int, typer.Option("-c", "--ctx-size", help="Target context size in tokens.", envvar="SPECLLM_CTX_SIZE",
                       metavar="N", rich_help_panel=MODELS)
 ]
+ParallelOpt = Annotated[
+    int, typer.Option("-np", "--parallel", help="Sequences decoded together in one batch, each with its own "
+                      "--ctx-size (the KV cache holds N x --ctx-size).", metavar="N",
+                      rich_help_panel=MODELS)
+]
 DraftCtxSizeOpt = Annotated[
     Optional[int], typer.Option("-cd", "--draft-ctx-size", help="Draft context size (default: --ctx-size).",
                                 show_default=False, metavar="N", rich_help_panel=MODELS)
