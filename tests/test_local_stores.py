@@ -127,7 +127,7 @@ def test_header_facts_match_what_gguf_reads(tiny):
     facts = read_model_facts(tiny.target)
     reader = gguf.GGUFReader(tiny.target)
     assert facts.architecture == "llama"
-    assert facts.name == "specllm-tiny-1" or facts.name.startswith("specllm-tiny")
+    assert facts.title == reader.fields["general.name"].contents()
     assert facts.parameters == sum(int(t.n_elements) for t in reader.tensors)
     assert facts.quantization == "F32"
     assert facts.size_bytes == tiny.target.stat().st_size
@@ -224,15 +224,15 @@ def test_scan_cache_is_used_until_the_file_changes(home, tiny, tmp_path):
     data = json.loads(cache_file.read_text())
     blob = registry.resolve_model("ollama:tiny")
     # Mark the cached entry: a rescan that returns the mark read the cache, not the file.
-    data["entries"][str(blob)]["facts"]["name"] = "from the cache"
+    data["entries"][str(blob)]["facts"]["title"] = "from the cache"
     cache_file.write_text(json.dumps(data))
     by_name = {m.name: m for m in registry.scan_local_models().models}
-    assert by_name["ollama:tiny:latest"].facts.name == "from the cache"
+    assert by_name["ollama:tiny:latest"].facts.title == "from the cache"
 
     stat = blob.stat()
     os.utime(blob, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     by_name = {m.name: m for m in registry.scan_local_models().models}
-    assert by_name["ollama:tiny:latest"].facts.name == read_header(tiny.target).metadata["general.name"]
+    assert by_name["ollama:tiny:latest"].facts.title == read_header(tiny.target).metadata["general.name"]
 
 
 # -- bad stores --------------------------------------------------------------------------------
@@ -244,7 +244,7 @@ def _break_manifest_json(home, tiny):
 
 
 def _remove_blob(home, tiny):
-    manifest = ollama_model(home / ".ollama" / "models", "gone", "latest", tiny.draft_copy)
+    manifest = ollama_model(home / ".ollama" / "models", "gone", "latest", tiny.other_vocab)
     digest = json.loads(manifest.read_text())["layers"][0]["digest"].replace(":", "-")
     (home / ".ollama/models/blobs" / digest).unlink()
     return "ollama", "is missing"
@@ -334,7 +334,8 @@ def test_models_list_json_has_one_object_per_model(home, tiny):
     assert rows[default_target]["source"] == "specllm" and rows[default_target]["vocab_id"] is None
 
 
-def test_models_list_groups_by_vocabulary(home, tiny):
+def test_models_list_groups_by_vocabulary(home, tiny, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one row per model, names unfolded
     result = invoke("models", "list")
     assert result.exit_code == 0, result.output
     target_vocab = read_model_facts(tiny.target).vocab_id

@@ -16,6 +16,8 @@ from ..console import FetchBars, reported_errors, stderr, warn
 from ..registry import listing
 from ..errors import UsageError
 
+NAME_WIDTH_CAP = 60  # a longer name folds rather than squeeze every other column out
+
 VerboseOption = Annotated[bool, typer.Option("--verbose", help="Show the traceback of an error.")]
 
 app = typer.Typer(
@@ -55,21 +57,28 @@ def list_models(
 
 
 def _group_table(group: listing.VocabGroup) -> Table:
-    if group.vocab_id is None:
+    known = group.vocab_id is not None
+    if not known:
         title = "not fetched yet (vocabulary unknown): `specllm models fetch NAME`"
     else:
         size = f", {group.vocab_size:,} tokens" if group.vocab_size else ""
         pairing = " - these models can pair" if len(group.rows) > 1 else ""
         title = f"vocabulary {group.vocab_id} ({group.vocab_type or '?'}{size}){pairing}"
     table = Table(title=escape(title), title_justify="left")
-    for column in ("name", "source", "architecture", "parameters", "quant", "size"):
+    # Names are what -m takes: keep them whole (the other columns give way first).
+    longest = max(len(row["name"]) for row in group.rows)
+    table.add_column("name", min_width=min(longest, NAME_WIDTH_CAP), overflow="fold")
+    columns = ("source", "parameters", "quant", "size", "architecture") if known else ("source", "size")
+    for column in columns:
         table.add_column(column, justify="right" if column in ("parameters", "size") else "left", overflow="fold")
     for row in group.rows:
-        table.add_row(
-            escape(row["name"]), row["source"], escape(row.get("architecture") or "?"),
-            _parameters_text(row.get("parameters")), escape(row.get("quantization") or "?"),
-            format_size(row["size_bytes"]) if row.get("size_bytes") else "?",
-        )  # fmt: skip
+        size = format_size(row["size_bytes"]) if row.get("size_bytes") else "?"
+        if known:
+            cells = (row["source"], _parameters_text(row.get("parameters")), escape(row.get("quantization") or "?"),
+                     size, escape(row.get("architecture") or "?"))  # fmt: skip
+        else:
+            cells = (row["source"], size)
+        table.add_row(escape(row["name"]), *cells)
     return table
 
 

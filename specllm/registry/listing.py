@@ -37,8 +37,8 @@ def model_rows(registry: Registry) -> tuple[list[dict[str, Any]], list[Problem]]
     rows = []
     for name, entry in registry.models.items():
         model = by_name.pop(name, None)
-        rows.append(_local_row(model) if model else _unfetched_row(entry))
-    rows += [_local_row(model) for model in scan.models if model.name in by_name]
+        rows.append({**model.as_dict(), "cached": True} if model else _registry_row(entry))
+    rows += [{**model.as_dict(), "cached": True} for model in scan.models if model.name in by_name]
     return rows, scan.problems
 
 
@@ -55,11 +55,10 @@ def group_by_vocabulary(rows: list[dict[str, Any]]) -> list[VocabGroup]:
     return sorted(groups, key=lambda g: (g.vocab_id is None, -len(g.rows), g.rows[0]["name"]))
 
 
-def _local_row(model: LocalModel) -> dict[str, Any]:
-    return model.as_dict()
-
-
-def _unfetched_row(entry: ModelEntry) -> dict[str, Any]:
+def _registry_row(entry: ModelEntry) -> dict[str, Any]:
+    """A registry model not fetched yet (or whose file could not be read: a problem says why)."""
+    present = present_path(entry)
     row: dict[str, Any] = dict.fromkeys(ROW_KEYS)
-    row.update(name=entry.name, source=REGISTRY_SOURCE, size_bytes=entry.size, family=entry.family, cached=False)
+    row.update(name=entry.name, source=REGISTRY_SOURCE, path=str(present) if present else None,
+               size_bytes=entry.size, cached=present is not None)  # fmt: skip
     return row

@@ -54,7 +54,7 @@ class NotAModel(Exception):
 @dataclass(frozen=True)
 class ModelFacts:
     architecture: str
-    name: Optional[str]
+    title: Optional[str]  # general.name, e.g. "Qwen2.5 Coder 1.5B Instruct" (not the reference name)
     parameters: int
     quantization: Optional[str]
     size_bytes: int
@@ -121,7 +121,7 @@ def facts_from_header(header: GGUFHeader, *, size_bytes: int, n_elements: int, f
     heads_kv = header.arch_value("attention.head_count_kv")
     return ModelFacts(
         architecture=header.architecture,
-        name=meta.get("general.name"),
+        title=meta.get("general.name"),
         parameters=int(parameters) if isinstance(parameters, int) and parameters > 0 else n_elements,
         quantization=quantization,
         size_bytes=size_bytes,
