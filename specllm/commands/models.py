@@ -59,7 +59,7 @@ def list_models(
 def _group_table(group: listing.VocabGroup) -> Table:
     known = group.vocab_id is not None
     if not known:
-        title = "not fetched yet (vocabulary unknown): `specllm models fetch NAME`"
+        title = "not fetched yet: `specllm models fetch NAME`"
     else:
         size = f", {group.vocab_size:,} tokens" if group.vocab_size else ""
         pairing = " - these models can pair" if len(group.rows) > 1 else ""
