@@ -155,12 +155,39 @@ def resolve_models(
     if model is None:
         pair, target_path, draft_path = registry.resolve_pair(progress=progress)
         draft = str(registry.resolve_model(draft_model, progress=progress)) if draft_model else str(draft_path)
-        settings = {"mode": pair.mode, "k": pair.k, "cross_vocab": pair.cross_vocab, "ngram_sizes": pair.ngram_sizes,
-                    "memory": pair.memory}
-        return str(target_path), draft, {key: value for key, value in settings.items() if value is not None}
-    target = str(registry.resolve_model(model, progress=progress))
+        return str(target_path), draft, pair_settings(pair)
+    target = registry.resolve_model(model, progress=progress)
+    if draft_model is None:
+        saved = _saved_pair(model, target, progress)
+        if saved is not None:
+            return str(target), saved[0], saved[1]
     draft = str(registry.resolve_model(draft_model, progress=progress)) if draft_model else None
-    return target, draft, {}
+    return str(target), draft, {}
+
+
+def pair_settings(pair) -> dict:
+    """A pair's settings that it gives (precedence 3)."""
+    settings = {"mode": pair.mode, "k": pair.k, "cross_vocab": pair.cross_vocab, "ngram_sizes": pair.ngram_sizes,
+                "memory": pair.memory}
+    return {key: value for key, value in settings.items() if value is not None}
+
+
+def _saved_pair(model: str, target, progress: FetchProgress) -> Optional[tuple[str, dict]]:
+    """-m without -md: the draft `specllm drafts --save` chose for this target, if it saved one."""
+    from . import registry
+    from .errors import SpecllmError
+    from .saved_pairs import saved_pair_for
+
+    pair = saved_pair_for(model, target, registry.load_registry())
+    if pair is None:
+        return None
+    progress.note(f"draft {pair.draft}, saved for this target by `specllm drafts --save` (pair {pair.name}; -md overrides)")
+    try:
+        draft = registry.resolve_model(pair.draft, progress=progress)
+    except SpecllmError as e:
+        e.hint = f"the pair {pair.name} in your models.toml names it: run `specllm drafts --save` again, or pass -md"
+        raise
+    return str(draft), pair_settings(pair)
 
 
 def engine_config(

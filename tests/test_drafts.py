@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 from specllm.config import EngineConfig
 from specllm.drafting.compat import VocabSummary, check_vocabularies
 from specllm.drafting.replay import Proposal, RecordedOutput, replay_fixed_k
-from specllm.drafting.selection import SelectionSettings, measure_rounds, record_outputs
+from specllm.drafting.selection import LOOKUP_KS, MODEL_KS, Prompt, SelectionSettings, measure_rounds, record_outputs
 from specllm.engine import Engine, Request
 from specllm.llama import Model
 from specllm.sampling import SamplingParams
 from specllm.stats import SpecStats
-from helpers import PROMPT
+from helpers import PROMPT, assert_clean_error, assert_no_internal_error, generate, invoke, json_result
+from store_layouts import clean_store_env
 from tiny_models import DRAFT_NOISE, ENGLISH_WORDS, build_tiny_model, make_vocab
 
 N_TOKENS = 40
@@ -44,7 +46,7 @@ def real_rounds(target, draft, prompts, k, *, cross_vocab=False, max_tokens=N_TO
 def replayed_rounds(target, draft, prompts, ks, max_tokens=N_TOKENS):
     settings = SelectionSettings(max_tokens=max_tokens, threads=1, model_ks=ks)
     with Engine(EngineConfig(target=str(target), mode="none", threads=1)) as engine:
-        outputs = record_outputs(engine, prompts, settings, progress=lambda _: None)
+        outputs = record_outputs(engine, [Prompt(p) for p in prompts], settings, progress=lambda _: None)
         with Model(draft) as draft_model:
             verdict = check_vocabularies(VocabSummary.from_model(engine.target_model), VocabSummary.from_model(draft_model))
             rounds, t_draft = measure_rounds(draft_model, engine.target_model, verdict, outputs, settings)
@@ -119,3 +121,123 @@ def test_replay_drafts_at_most_the_tokens_left():
     assert five.round_shapes == {("model", 4, 4, 5): 1}
     six = replay_fixed_k(RecordedOutput([1], y, None, 6), (4,), perfect, never_eog)[4].stats
     assert six.round_shapes == {("model", 4, 4, 5): 1, ("none", 0, 0, 1): 1}
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def local_models(tiny, tmp_path, monkeypatch):
+    """A HOME with no store, and a SPECLLM_MODEL_PATH folder: the padded-vocabulary model as the
+    target (the largest), smaller drafts of its vocabulary and of another, and a copy of the target."""
+    clean_store_env(monkeypatch, tmp_path / "home")
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name, source in (("big.gguf", tiny.draft_padded), ("big-copy.gguf", tiny.draft_padded),
+                         ("small.gguf", tiny.draft_other), ("other.gguf", tiny.other_vocab)):
+        shutil.copyfile(source, folder / name)
+    monkeypatch.setenv("SPECLLM_MODEL_PATH", str(folder))
+    monkeypatch.setenv("SPECLLM_MODELS", str(tmp_path / "user-models.toml"))
+    (tmp_path / "user-models.toml").write_text(USER_TOML)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ENGLISH_PROMPTS[:2]))
+    return folder, prompts, tmp_path / "user-models.toml"
+
+
+USER_TOML = """# my own settings
+[models.mine]
+path = "/nowhere/mine.gguf"
+
+[pairs.keep-me]
+target = "mine"
+draft = "mine"
+"""
+
+
+def drafts_json(*args):
+    result = invoke("drafts", *args, "-n", 24, "-t", 1, "--json")
+    assert_no_internal_error(result)
+    return json_result(result)
+
+
+def test_drafts_json_ranks_every_local_model_and_the_lookup(local_models):
+    folder, prompts, _ = local_models
+    data = drafts_json(folder / "big.gguf", "--prompts", prompts)
+    rows = {row["draft"]: row for row in data["rows"]}
+    assert set(rows) == {"lookup", *(str(folder / n) for n in ("big-copy.gguf", "small.gguf", "other.gguf"))}
+    assert rows[str(folder / "small.gguf")]["relation"] == "same vocabulary"
+    assert rows[str(folder / "other.gguf")]["relation"] == "cross-vocabulary"
+    copy = rows[str(folder / "big-copy.gguf")]
+    assert copy["skipped"].startswith("not smaller than the target") and copy["per_k"] == []
+    small = rows[str(folder / "small.gguf")]
+    assert (small["layers"], small["hidden_size"], small["heads"], small["vocab_size"]) == (2, 64, 4, 482)
+    assert 0 < small["size_ratio"] < 1
+    for name in ("lookup", str(folder / "small.gguf"), str(folder / "other.gguf")):
+        row = rows[name]
+        ks = [p["k"] for p in row["per_k"]]
+        assert ks == (list(LOOKUP_KS) if name == "lookup" else list(MODEL_KS))
+        best = max(row["per_k"], key=lambda p: p["predicted_speedup"])
+        assert (row["best_k"], row["predicted_speedup"]) == (best["k"], best["predicted_speedup"])
+        assert row["predicted_tokens_per_round"] == best["predicted_tokens_per_round"] >= 1
+        assert len(row["acceptance_by_position"]) == row["best_k"]
+    speedups = [row["predicted_speedup"] for row in data["rows"] if row["skipped"] is None]
+    assert speedups == sorted(speedups, reverse=True)
+    assert data["prompts"] == 2 and data["recommended"]["command"].startswith("specllm generate -m ")
+
+
+def test_drafts_table_and_progress(local_models, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    folder, prompts, _ = local_models
+    result = invoke("drafts", folder / "big.gguf", "--prompts", prompts, "-n", 16, "-t", 1)
+    assert result.exit_code == 0, result.output
+    assert "same vocabulary" in result.stdout and "cross-vocabulary" in result.stdout
+    assert "recommended: specllm generate -m" in result.stdout
+    assert "prompt 2/2" in result.stderr and "prompt 2/2" not in result.stdout
+
+
+def test_saved_pair_is_used_by_generate_and_replaced_alone(local_models):
+    from specllm.saved_pairs import remove_saved_pair, save_pair
+
+    folder, _, user_toml = local_models
+    target, draft = str(folder / "big.gguf"), str(folder / "small.gguf")
+    save_pair(target, draft, mode="draft", k=3, cross_vocab=False)
+    stats = json_result(generate("-m", target, "--json", "-n", 12, PROMPT))["stats"]
+    assert stats["mode"] == "draft" and stats["k"] == 3 and stats["rounds_by_source"].get("model")
+    # The same file by another reference finds the pair too; -md overrides it.
+    linked = folder.parent / "linked.gguf"
+    linked.symlink_to(folder / "big.gguf")
+    assert json_result(generate("-m", linked, "--json", "-n", 4, PROMPT))["stats"]["mode"] == "draft"
+    other = json_result(generate("-m", target, "-md", folder / "other.gguf", "--cross-vocab", "--json", "-n", 4, PROMPT))
+    assert "model" not in other["stats"]["rounds_by_source"]
+    # A second save replaces its table and nothing else.
+    save_pair(target, str(folder / "other.gguf"), mode="draft", k=2, cross_vocab=True)
+    text = user_toml.read_text()
+    assert text.startswith(USER_TOML) and text.count("[pairs.") == 2 and "small.gguf" not in text
+    stats = json_result(generate("-m", target, "--json", "-n", 8, PROMPT))["stats"]
+    assert stats["k"] == 2 and "xvocab" in stats["rounds_by_source"]
+    assert remove_saved_pair(target) == user_toml and user_toml.read_text().rstrip() == USER_TOML.rstrip()
+    assert json_result(generate("-m", target, "--json", "-n", 4, PROMPT))["stats"]["mode"] == "auto"
+
+
+def test_drafts_save_writes_what_it_recommends(local_models):
+    folder, prompts, user_toml = local_models
+    data = drafts_json(folder / "big.gguf", "--prompts", prompts, "--save")
+    best = data["rows"][0]
+    text = user_toml.read_text()
+    assert text.startswith(USER_TOML)
+    if data["recommended"]["draft"] in (None, "lookup"):
+        assert "drafts-for-" not in text
+    else:
+        assert f'draft = "{best["draft"]}"' in text and f"k = {best['best_k']}" in text
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (["/nowhere/model.gguf"], 1, "model file not found"),
+    (["TARGET", "-n", "0"], 2, "--max-tokens must be > 0"),
+    (["TARGET", "--prompts", "/nowhere/prompts.txt"], 2, "prompt file not found"),
+    (["no-such-model-anywhere"], 1, "no-such-model-anywhere"),
+])
+def test_bad_input_is_one_error_line(local_models, args, code, fragment):
+    folder, _, _ = local_models
+    args = [str(folder / "big.gguf") if a == "TARGET" else a for a in args]
+    assert_clean_error(invoke("drafts", *args), code, fragment)

@@ -26,8 +26,8 @@ bench's cost model prices the rounds (`predicted_speedup`).
 
 from __future__ import annotations
 
-import os
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -39,7 +39,8 @@ from ..config import DEFAULT_CTX_SIZE, EngineConfig
 from ..engine import Engine, Request, cost_profile_key, make_model_drafter
 from ..errors import IncompatibleModelsError, ModelLoadError, SpecllmError
 from ..paths import cost_profile_path
-from ..registry.model_facts import ModelFacts
+from ..registry import LocalModel
+from ..registry.model_facts import ModelFacts, read_model_facts
 from ..sampling import DraftChooser, Sampler, SamplingParams
 from .compat import Compatibility, VocabSummary, check_vocabularies
 from .crossvocab import CrossVocabDrafter
@@ -56,6 +57,12 @@ DRAFT_TIMINGS = 3
 GREEDY = DraftChooser(Sampler(SamplingParams(temperature=0.0)), 0)
 
 Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    chat: bool = False  # rendered in the target's chat template
 
 
 @dataclass(frozen=True)
@@ -120,7 +127,7 @@ class SelectionSettings:
     lookup_ks: Sequence[int] = LOOKUP_KS
 
 
-def select_drafts(target: Path, candidates: Sequence[Candidate], prompts: Sequence[str],
+def select_drafts(target: Path, candidates: Sequence[Candidate], prompts: Sequence[Prompt],
                   settings: SelectionSettings = SelectionSettings(), progress: Progress = lambda _: None,
                   target_facts: Optional[ModelFacts] = None) -> Selection:
     """Measure every candidate (and the lookup drafter) for `target` on `prompts`; rows best first."""
@@ -144,14 +151,15 @@ def select_drafts(target: Path, candidates: Sequence[Candidate], prompts: Sequen
     )
 
 
-def record_outputs(engine: Engine, prompts: Sequence[str], settings: SelectionSettings,
+def record_outputs(engine: Engine, prompts: Sequence[Prompt], settings: SelectionSettings,
                    progress: Progress) -> list[RecordedOutput]:
     """The target's greedy output of each prompt, as `generate --mode none --temp 0` gives it."""
-    request = Request(max_tokens=settings.max_tokens, params=SamplingParams(temperature=0.0), chat=settings.chat)
     outputs = []
-    for i, text in enumerate(prompts, 1):
+    for i, item in enumerate(prompts, 1):
         progress(f"prompt {i}/{len(prompts)}: the target's greedy output ({settings.max_tokens} tokens at most)")
-        prompt = engine.tokenize_prompt(text, request)
+        request = Request(max_tokens=settings.max_tokens, params=SamplingParams(temperature=0.0),
+                          chat=item.chat or settings.chat)
+        prompt = engine.tokenize_prompt(item.text, request)
         generation = engine.generate(prompt, request)
         for _ in generation:
             pass
@@ -304,8 +312,22 @@ def predictions(rounds: dict[int, ReplayedRounds], costs: MeasuredCosts, draft: 
     ]
 
 
-def same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
+def local_candidates(target: Path, models: Sequence[LocalModel]) -> tuple[list[Candidate], Optional[ModelFacts]]:
+    """Every local model but the target (its copies too), each file once; and the target's facts."""
+    target_real = os.path.realpath(target)
+    target_facts = None
+    seen: set[str] = set()
+    candidates = []
+    for model in models:
+        real = os.path.realpath(model.path)
+        if real == target_real:
+            target_facts = target_facts or model.facts
+        elif real not in seen:
+            seen.add(real)
+            candidates.append(Candidate(model.name, model.path, model.facts))
+    if target_facts is None:
+        try:
+            target_facts = read_model_facts(target)
+        except Exception:  # noqa: BLE001 - facts are for the table; llama.cpp decides whether it loads
+            target_facts = None
+    return candidates, target_facts
