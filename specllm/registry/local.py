@@ -109,11 +109,13 @@ def resolve_reference(text: str, registry: Optional[Registry] = None) -> Path:
     if prefixed is not None:
         stores, rest = prefixed
         matches: list[Found] = []
-        for store in stores:
+        for store in stores:  # the first store that has it (the hub cache before llama.cpp's)
             try:
-                matches += store.find(rest)
+                matches = store.find(rest)
             except ManifestError as e:
                 raise RegistryError(f"'{text}': {e}") from None
+            if matches:
+                break
         if not matches:
             problems: list[Problem] = []
             known = [m.name for store in stores for m in store.scan(problems)]

@@ -75,6 +75,12 @@ class ModelFacts:
         return cls(**{name: data.get(name) for name in cls.__dataclass_fields__})
 
 
+def quant_in_name(file_name: str) -> Optional[str]:
+    """The quantization a file name states (qwen2.5-0.5b-instruct-q4_k_m.gguf -> Q4_K_M)."""
+    found = QUANT_IN_NAME.search(file_name)
+    return found[1].upper() if found else None
+
+
 def split_parts(path: Path) -> list[Path]:
     """Every part of a split model, given its first part; [path] for a whole file."""
     match = SPLIT_NAME.match(path.name)
@@ -115,8 +121,7 @@ def facts_from_header(header: GGUFHeader, *, size_bytes: int, n_elements: int, f
     file_type = meta.get("general.file_type")
     quantization = FILE_TYPES.get(file_type) if isinstance(file_type, int) else None
     if quantization is None:
-        found = QUANT_IN_NAME.search(file_name)
-        quantization = found[1].upper() if found else None
+        quantization = quant_in_name(file_name)
     parameters = meta.get("general.parameter_count")
     heads_kv = header.arch_value("attention.head_count_kv")
     return ModelFacts(

@@ -100,7 +100,8 @@ def gguf_files(
             if recursive and max_depth > 1 and not entry.name.startswith("."):
                 yield from gguf_files(path, source, problems, recursive=True, max_depth=max_depth - 1)
             continue
-        if not entry.name.lower().endswith(".gguf") or is_projector_name(entry.name) or is_later_split_part(entry.name):
+        name = entry.name
+        if name.startswith(".") or not name.lower().endswith(".gguf") or is_projector_name(name) or is_later_split_part(name):
             continue
         if entry.is_symlink() and not path.exists():
             problems.append(Problem(source, path, f"dangling symlink (to {os.readlink(path)})"))

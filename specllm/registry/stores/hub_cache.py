@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..model_facts import QUANT_IN_NAME
+from ..model_facts import quant_in_name
 from .base import Found, Problem, env_path, existing_dirs, file_stem, gguf_files, list_dir, xdg_cache_home
 
 PREFIX = "hf:"
@@ -101,7 +101,7 @@ class HubCache:
         if snapshot is None:
             return []
         files = list(gguf_files(snapshot, self.source, problems, recursive=True))
-        quants = [_quant_in(p.name) for p in files]
+        quants = [quant_in_name(p.name) for p in files]
         counts = Counter(quants)
         found = []
         for path, quant in zip(files, quants):
@@ -145,11 +145,6 @@ def _snapshot(folder: Path, source: str, problems: list[Problem]) -> Optional[Pa
     if revisions:
         problems.append(Problem(source, folder, f"no refs/main and {len(revisions)} snapshots: which is current is unknown"))
     return None
-
-
-def _quant_in(file_name: str) -> Optional[str]:
-    found = QUANT_IN_NAME.search(file_name)
-    return found[1].upper() if found else None
 
 
 def _matches(model: Found, ref: HubRef) -> bool:
