@@ -165,6 +165,11 @@ def test_header_errors_are_typed_and_say_what_the_file_is(tiny, tmp_path):
     text.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\n")
     with pytest.raises(GGUFHeaderError, match="truncated GGUF file"):
         read_header(truncated)
+    # An interrupted download keeps the whole header and loses the end of the weights.
+    cut_weights = tmp_path / "cut-weights.gguf"
+    cut_weights.write_bytes(tiny.target.read_bytes()[:-100])
+    with pytest.raises(GGUFHeaderError, match="its tensors need"):
+        read_header(cut_weights)
     with pytest.raises(GGUFHeaderError, match="Git LFS pointer"):
         read_header(text)
 
