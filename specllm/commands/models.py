@@ -32,7 +32,8 @@ def list_models(
     verbose: VerboseOption = False,
 ) -> None:
     """List the models of models.toml and every GGUF model on this machine (Ollama, the Hugging
-    Face and llama.cpp caches, LM Studio, specllm's cache, SPECLLM_MODEL_PATH and [local] paths),
+    Face and llama.cpp caches, LM Studio, specllm's cache, SPECLLM_MODEL_PATH and the paths of
+    models.toml's local section),
     grouped by vocabulary: the models of one group can pair token by token. Files that cannot be
     read are listed on stderr, one line each."""
     with reported_errors(verbose):
@@ -115,7 +116,7 @@ def fetch(
 
 @app.command("path")
 def path(
-    name: Annotated[str, typer.Argument(help="A model name (or a GGUF path, printed back).")],
+    name: Annotated[str, typer.Argument(help="A model name, as -m takes it (or a GGUF path, printed back).")],
     verbose: VerboseOption = False,
 ) -> None:
     """Print the file of a model, fetching it first if needed (for scripts)."""
