@@ -382,3 +382,52 @@ def test_ggml_type_sizes_agree_with_gguf_py():
 
     for kind, sizes in GGML_TYPE_SIZES.items():
         assert tuple(GGML_QUANT_SIZES[gguf.GGMLQuantizationType(kind)]) == sizes, kind
+
+
+def test_store_variables_move_the_stores(tmp_path, tiny, monkeypatch):
+    home = tmp_path / "empty-home"
+    clean_store_env(monkeypatch, home)
+    monkeypatch.setenv("SPECLLM_CACHE", str(tmp_path / "specllm-cache"))
+    monkeypatch.setenv("SPECLLM_MODELS", str(tmp_path / "user-models.toml"))
+    (tmp_path / "user-models.toml").write_text("")
+    ollama_model(tmp_path / "ollama", "moved", "v1", tiny.target)
+    hub_repo(tmp_path / "hf-home" / "hub", "specllm/moved-GGUF", {"sub/moved.gguf": tiny.draft_other})
+    hub_repo(tmp_path / "llama-cache", "specllm/moved-too-GGUF", {"moved.gguf": tiny.draft_padded})
+    lmstudio_model(tmp_path / "xdg-cache" / "lm-studio" / "models", "pub", "moved", {"moved.gguf": tiny.other_vocab})
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "ollama"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("LLAMA_CACHE", str(tmp_path / "llama-cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    scan = registry.scan_local_models()
+    assert scan.problems == []
+    assert names(scan) == {"ollama:moved:v1": "ollama", "hf:specllm/moved-GGUF": "hf",
+                           "hf:specllm/moved-too-GGUF": "llama.cpp", "lmstudio:pub/moved": "lmstudio"}  # fmt: skip
+    assert registry.resolve_model("hf:specllm/moved-GGUF/sub/moved.gguf").name == "moved.gguf"
+
+
+def test_a_manifest_whose_blob_is_gone_is_one_error_line(home, tiny):
+    manifest = ollama_model(home / ".ollama" / "models", "gone", "latest", tiny.other_vocab)
+    (home / ".ollama/models/blobs" / json.loads(manifest.read_text())["layers"][0]["digest"].replace(":", "-")).unlink()
+    result = generate("-m", "ollama:gone", "the cat")
+    assert_no_internal_error(result)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: 'ollama:gone': the model blob sha256-") and "is missing" in result.stderr
+
+
+@pytest.mark.real_models
+def test_real_models_in_the_stores_group_by_vocabulary(tmp_path, monkeypatch):
+    """The default pair's real files, linked into an Ollama store and a Hugging Face cache."""
+    from helpers import cached_default_pair
+
+    target, draft = cached_default_pair()
+    home = tmp_path / "home"
+    clean_store_env(monkeypatch, home)
+    monkeypatch.setenv("SPECLLM_CACHE", str(tmp_path / "specllm-cache"))
+    ollama_model(home / ".ollama/models", "qwen2.5-coder", "1.5b", target, link=True)
+    hub_repo(home / ".cache/huggingface/hub", "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF", {draft.name: draft}, link=True)
+    by_name = {m.name: m for m in registry.scan_local_models().models}
+    big, small = by_name["ollama:qwen2.5-coder:1.5b"], by_name["hf:Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF"]
+    assert big.facts.vocab_id == small.facts.vocab_id and big.facts.vocab_size == 151936
+    assert (big.facts.architecture, big.facts.quantization, big.facts.layers) == ("qwen2", "Q4_K_M", 28)
+    assert big.facts.parameters > small.facts.parameters
+    assert registry.resolve_model("qwen2.5-coder:1.5b").resolve() == target.resolve()
