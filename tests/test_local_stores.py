@@ -145,7 +145,7 @@ def test_padded_vocabulary_pairs_and_another_does_not(tiny):
     assert ids["other_vocab"] != ids["target"]
 
 
-def test_fingerprint_sees_a_changed_token_and_a_real_extra_token(tmp_path):
+def test_fingerprint_sees_texts_not_token_types(tmp_path):
     from tiny_models import TinyVocab, build_tiny_model
 
     base = read_model_facts(build_tiny_model(tmp_path / "base.gguf")).vocab_id
@@ -156,6 +156,13 @@ def test_fingerprint_sees_a_changed_token_and_a_real_extra_token(tmp_path):
                       TARGET_VOCAB.walkable)  # fmt: skip
     for vocab, name in ((renamed, "renamed"), (extra, "extra")):
         assert read_model_facts(build_tiny_model(tmp_path / f"{name}.gguf", vocab=vocab)).vocab_id != base, name
+
+    # What check does not refuse on does not split a group either: a token typed user-defined by
+    # one converter and control by another.
+    types = list(TARGET_VOCAB.types)
+    types[TARGET_VOCAB.id("<|im_end|>")] = gguf.TokenType.USER_DEFINED
+    retyped = TinyVocab(TARGET_VOCAB.tokens, tuple(types), TARGET_VOCAB.scores, TARGET_VOCAB.walkable)
+    assert read_model_facts(build_tiny_model(tmp_path / "retyped.gguf", vocab=retyped)).vocab_id == base
 
 
 def test_header_errors_are_typed_and_say_what_the_file_is(tiny, tmp_path):

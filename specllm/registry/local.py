@@ -34,7 +34,7 @@ from .schema import Registry, load_registry
 from .stores import Found, ManifestError, Problem, all_stores, stores_for_reference
 
 CACHE_FILE_NAME = "local-models.json"
-CACHE_VERSION = 1  # bump when ModelFacts or the fingerprint changes: old entries are then re-read
+CACHE_VERSION = 2  # bump when ModelFacts or the fingerprint changes: old entries are then re-read
 MAX_CANDIDATES = 3  # names an error suggests
 
 

@@ -1,15 +1,20 @@
 """What specllm says about a GGUF model, from its header only: ModelFacts and the vocabulary id.
 
-The vocabulary id (`vocab_id`) is a fingerprint of what makes two models pair token by token:
-the tokenizer type, every token's text, and which ids are control tokens. Trailing padding is
-left out, so a vocabulary padded to a round size groups with the unpadded one, as `check`
-rules (specllm/drafting/compat.py allows up to 128 ids that only one side has): Qwen2.5-7B pads
-151,665 real tokens to 152,064 with "[PAD151665]".., the 0.5B to 151,936. Padding is a trailing
-run of tokens typed UNUSED, or whose text is a known filler (see PADDING_TEXT).
+The vocabulary id (`vocab_id`) is a fingerprint of what makes two models pair token by token,
+exactly what `check` compares (specllm/drafting/compat.py): the tokenizer type and every token's
+text. Trailing padding is left out, so a vocabulary padded to a round size groups with the
+unpadded one (compat allows up to 128 ids that only one side has): Qwen2.5-7B pads 151,665 real
+tokens to 152,064 with "[PAD151665]".., the 0.5B to 151,936. Padding is a trailing run of
+tokens typed UNUSED, or whose text is a known filler (see PADDING_TEXT).
 
-The BOS/EOS/EOT ids are not part of it on purpose: a base and an instruct model of one family
-share every token but end on different ones (<|endoftext|> vs <|im_end|>), and they pair (compat
-reports that as a warning, not a refusal). Which ids are control tokens is part of it.
+Special ids are in it as texts (id 151645 is "<|im_end|>" in both or the hash differs), but
+which ids are BOS/EOS/EOT, and which tokens are typed control, are not: a base and an instruct
+model of one family end on different tokens (<|endoftext|> vs <|im_end|>) and still pair, and
+converter versions type the same added tokens differently (control or user-defined). compat
+treats both as warnings at most, never as a refusal, and the id must not split what check pairs.
+Not caught: vocabularies that check pairs after masking a few differing ids (Qwen2 vs Qwen2.5,
+whose 19 extra real tokens sit where Qwen2 has padding; Llama-3.0 vs 3.1's renamed reserved
+tokens) get different ids: an exact hash cannot tolerate differences.
 
 A split model (NAME-00001-of-00003.gguf ...) is one model: the first part holds the metadata,
 every part holds tensor infos, and its size is that of all parts.
@@ -27,7 +32,6 @@ import numpy as np
 
 from .gguf_header import GGUFHeader, GGUFHeaderError, read_header
 
-TOKEN_TYPE_CONTROL = 3
 TOKEN_TYPE_UNUSED = 5
 # Fillers that converters append to reach a round vocabulary size ([PAD151643] from
 # convert_hf_to_gguf, <|extra_N|> in Qwen-1, <unusedN> in Gemma, <pad_N>/<|pad_N|> elsewhere).
@@ -151,9 +155,6 @@ def vocab_fingerprint(header: GGUFHeader) -> Optional[str]:
     digest = hashlib.sha256()
     digest.update(str(header.metadata.get("tokenizer.ggml.model", "")).encode() + b"\0")
     digest.update(tokens.prefix(n_real))
-    if types is not None:
-        control = np.flatnonzero(types[:n_real] == TOKEN_TYPE_CONTROL).astype("<u4")
-        digest.update(control.tobytes())
     return digest.hexdigest()[:VOCAB_ID_HEX]
 
 
