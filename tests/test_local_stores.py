@@ -405,10 +405,15 @@ def test_store_variables_move_the_stores(tmp_path, tiny, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("LLAMA_CACHE", str(tmp_path / "llama-cache"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    # LM Studio's "Models Directory" setting.
+    lmstudio_model(tmp_path / "lms-chosen", "pub", "chosen", {"chosen.gguf": tiny.target})
+    (home / ".lmstudio").mkdir(parents=True)
+    (home / ".lmstudio" / "settings.json").write_text(json.dumps({"downloadsFolder": str(tmp_path / "lms-chosen")}))
     scan = registry.scan_local_models()
     assert scan.problems == []
     assert names(scan) == {"ollama:moved:v1": "ollama", "hf:specllm/moved-GGUF": "hf",
-                           "hf:specllm/moved-too-GGUF": "llama.cpp", "lmstudio:pub/moved": "lmstudio"}  # fmt: skip
+                           "hf:specllm/moved-too-GGUF": "llama.cpp", "lmstudio:pub/moved": "lmstudio",
+                           "lmstudio:pub/chosen": "lmstudio"}  # fmt: skip
     assert registry.resolve_model("hf:specllm/moved-GGUF/sub/moved.gguf").name == "moved.gguf"
 
 

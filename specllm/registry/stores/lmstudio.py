@@ -1,7 +1,8 @@
 """LM Studio's model folders: <publisher>/<model>/<file>.gguf.
 
-    ~/.lmstudio/models                  (LM Studio 0.3 and later)
-    $XDG_CACHE_HOME/lm-studio/models    (~/.cache/lm-studio/models, the older place)
+    downloadsFolder of ~/.lmstudio/settings.json   (the "Models Directory" a user chose)
+    ~/.lmstudio/models                              (LM Studio 0.3 and later)
+    $XDG_CACHE_HOME/lm-studio/models                (~/.cache/lm-studio/models, the older place)
 
 A reference is `lmstudio:PUBLISHER/MODEL` when the folder holds one model, else
 `lmstudio:PUBLISHER/MODEL/FILE`. Vision projectors (mmproj-*.gguf) sit beside the model and are
@@ -10,6 +11,7 @@ not models.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -31,7 +33,9 @@ class LMStudioStore:
     source = SOURCE
 
     def roots(self) -> list[Path]:
-        return [Path.home() / ".lmstudio" / "models", xdg_cache_home() / "lm-studio" / "models"]
+        home = Path.home() / ".lmstudio"
+        chosen = _chosen_folder(home / "settings.json")
+        return [*chosen, home / "models", xdg_cache_home() / "lm-studio" / "models"]
 
     def scan(self, problems: list[Problem]) -> list[Found]:
         found = []
@@ -55,6 +59,15 @@ class LMStudioStore:
                 models = _folder_models(folder, f"{publisher}/{model}", [])
                 return [m for m in models if m.member_is(file)] if file else models
         return []
+
+
+def _chosen_folder(settings: Path) -> list[Path]:
+    """The models folder set in LM Studio's settings, if any (a missing or odd file: none)."""
+    try:
+        folder = json.loads(settings.read_text(encoding="utf-8")).get("downloadsFolder")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [Path(folder).expanduser()] if isinstance(folder, str) and folder else []
 
 
 def _folder_models(folder: Path, key: str, problems: list[Problem]) -> list[Found]:
