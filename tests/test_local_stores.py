@@ -185,10 +185,12 @@ def test_header_errors_are_typed_and_say_what_the_file_is(tiny, tmp_path):
 
 
 def test_references_resolve_to_the_store_files(home, tiny):
-    blob = lambda p: (home / ".ollama" / "models" / "blobs").glob(f"sha256-{_sha(p)}")  # noqa: E731
-    assert registry.resolve_model("ollama:tiny") == next(blob(tiny.target))
-    assert registry.resolve_model("ollama:tiny:draft") == next(blob(tiny.draft_other))
-    assert registry.resolve_model("ollama:registry.ollama.ai/library/tiny:latest") == next(blob(tiny.target))
+    def blob(gguf_file: Path) -> Path:
+        return home / ".ollama" / "models" / "blobs" / f"sha256-{_sha(gguf_file)}"
+
+    assert registry.resolve_model("ollama:tiny") == blob(tiny.target)
+    assert registry.resolve_model("ollama:tiny:draft") == blob(tiny.draft_other)
+    assert registry.resolve_model("ollama:registry.ollama.ai/library/tiny:latest") == blob(tiny.target)
     padded = registry.resolve_model("hf:specllm/tiny-padded-GGUF")
     assert padded.name == "tiny-padded-F32.gguf" and padded.read_bytes() == tiny.draft_padded.read_bytes()
     assert registry.resolve_model("hf:specllm/tiny-multi-GGUF:q8_0").name == "tiny-Q8_0.gguf"
@@ -197,7 +199,7 @@ def test_references_resolve_to_the_store_files(home, tiny):
     assert registry.resolve_model("lmstudio:specllm/tiny-other").name == "tiny-other.gguf"
     assert registry.resolve_model("lmstudio:specllm/tiny-other/tiny-other.gguf").name == "tiny-other.gguf"
     assert registry.resolve_model("tiny-other") == registry.resolve_model("lmstudio:specllm/tiny-other")
-    assert registry.resolve_model("tiny:draft") == next(blob(tiny.draft_other))
+    assert registry.resolve_model("tiny:draft") == blob(tiny.draft_other)
 
 
 def _sha(path: Path) -> str:

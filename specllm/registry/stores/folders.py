@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ... import paths
-from .base import Found, Problem, existing_dirs, file_stem, gguf_files
+from .base import Found, Problem, file_stem, gguf_files
 
 MAX_DEPTH = 3  # deep enough for models/<family>/<model>/, shallow enough not to walk a whole disk
 
