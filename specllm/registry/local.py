@@ -87,6 +87,8 @@ def find_local_models(registry: Optional[Registry] = None) -> tuple[list[Found],
 
 
 def scan_local_models(registry: Optional[Registry] = None) -> ScanResult:
+    """Every local model with its header facts (cached); projectors and adapters left out, files
+    that cannot be read reported in `problems`."""
     found, problems = find_local_models(registry)
     cache = _FactsCache(paths.cache_dir() / CACHE_FILE_NAME)
     models = []
