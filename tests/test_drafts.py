@@ -231,6 +231,32 @@ def test_drafts_save_writes_what_it_recommends(local_models):
         assert f'draft = "{best["draft"]}"' in text and f"k = {best['best_k']}" in text
 
 
+def test_save_writes_the_recommended_model_pair_and_a_lookup_win_removes_it(local_models):
+    """The --save wiring on a measured selection: a model draft is saved (through text: with
+    --cross-vocab) and used by generate; when the lookup drafter wins the saved pair goes."""
+    from specllm.commands.drafts import _save, recommendation
+    from specllm.drafting.selection import CROSS_VOCAB, LOOKUP, DraftRow, KPrediction, Selection
+
+    folder, _, user_toml = local_models
+    target = str(folder / "big.gguf")
+
+    def selection(*rows):
+        return Selection(target=folder / "big.gguf", target_facts=None, rows=list(rows), n_prompts=1,
+                         generated_tokens=10, target_ms={1: 1.0})
+
+    other = DraftRow(str(folder / "other.gguf"), CROSS_VOCAB, folder / "other.gguf",
+                     per_k=[KPrediction(2, 2.5, 1.3, (0.8, 0.7)), KPrediction(3, 2.6, 1.2, (0.8, 0.7, 0.1))])
+    lookup = DraftRow("lookup", LOOKUP, per_k=[KPrediction(4, 1.5, 1.1, (0.5,) * 4)])
+    chosen = selection(other, lookup)
+    assert recommendation(target, chosen)[0] == f"specllm generate -m {target} -md {folder / 'other.gguf'} --mode draft -k 2 --cross-vocab"
+    _save(target, chosen)
+    assert 'cross_vocab = true' in user_toml.read_text() and "k = 2" in user_toml.read_text()
+    stats = json_result(generate("-m", target, "--json", "-n", 8, PROMPT))["stats"]
+    assert stats["mode"] == "draft" and stats["k"] == 2 and "xvocab" in stats["rounds_by_source"]
+    _save(target, selection(lookup))
+    assert user_toml.read_text().rstrip() == USER_TOML.rstrip()
+
+
 @pytest.mark.parametrize("args, code, fragment", [
     (["/nowhere/model.gguf"], 1, "model file not found"),
     (["TARGET", "-n", "0"], 2, "--max-tokens must be > 0"),
