@@ -178,7 +178,11 @@ def _saved_pair(model: str, target, progress: FetchProgress) -> Optional[tuple[s
     from .errors import SpecllmError
     from .saved_pairs import saved_pair_for
 
-    pair = saved_pair_for(model, target, registry.load_registry())
+    try:
+        known = registry.load_registry()
+    except SpecllmError:  # a broken models.toml must not stop a run given by path
+        return None
+    pair = saved_pair_for(model, target, known)
     if pair is None:
         return None
     progress.note(f"draft {pair.draft}, saved for this target by `specllm drafts --save` (pair {pair.name}; -md overrides)")
@@ -219,9 +223,14 @@ def engine_config(
     endpoints = parse_endpoints(rpc)
     if endpoints and n_gpu_layers == 0:
         n_gpu_layers = -1  # --rpc is for the target's layers: -ngl 0 would keep them all here
-    # Before anything is fetched: without -m the default pair brings its draft.
-    check_draft_for_mode(mode, has_draft=draft_model is not None or model is None)
+    # Before anything is fetched: without -m the default pair brings its draft, and with -m a
+    # pair saved by `specllm drafts --save` may (checked again once the models are resolved).
+    from .saved_pairs import has_saved_pairs
+
+    check_draft_for_mode(mode, has_draft=draft_model is not None or model is None
+                         or (mode == "draft" and has_saved_pairs()))
     target, draft, pair_settings = resolve_models(model, draft_model, progress=progress)
+    check_draft_for_mode(mode, has_draft=draft is not None)
     # A user's models.toml can say anything: its settings pass the options' checks.
     check_mode(pair_settings.get("mode"), "the pair's 'mode' in models.toml")
     check_draft_max(pair_settings.get("k"), "the pair's 'k' in models.toml")

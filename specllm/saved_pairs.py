@@ -76,6 +76,14 @@ def remove_saved_pair(target: str, file: Optional[Path] = None) -> Optional[Path
     return file if _write_table(file, saved_pair_name(target), "") else None
 
 
+def has_saved_pairs() -> bool:
+    """Whether the registry holds any pair `drafts --save` wrote (False when it cannot be read)."""
+    try:
+        return any(name.startswith(PAIR_PREFIX) for name in load_registry().pairs)
+    except SpecllmError:
+        return False
+
+
 def saved_pair_for(model: str, target_file: Path, registry: Registry) -> Optional[Pair]:
     """The pair `drafts --save` wrote for the model -m names (by reference, or its file), if any.
     Nothing is fetched: a saved target not on this machine matches nothing."""

@@ -203,6 +203,7 @@ def test_saved_pair_is_used_by_generate_and_replaced_alone(local_models):
     save_pair(target, draft, mode="draft", k=3, cross_vocab=False)
     stats = json_result(generate("-m", target, "--json", "-n", 12, PROMPT))["stats"]
     assert stats["mode"] == "draft" and stats["k"] == 3 and stats["rounds_by_source"].get("model")
+    assert json_result(generate("-m", target, "--mode", "draft", "-k", 2, "--json", "-n", 4, PROMPT))["stats"]["k"] == 2
     # The same file by another reference finds the pair too; -md overrides it.
     linked = folder.parent / "linked.gguf"
     linked.symlink_to(folder / "big.gguf")
@@ -217,6 +218,7 @@ def test_saved_pair_is_used_by_generate_and_replaced_alone(local_models):
     assert stats["k"] == 2 and "xvocab" in stats["rounds_by_source"]
     assert remove_saved_pair(target) == user_toml and user_toml.read_text().rstrip() == USER_TOML.rstrip()
     assert json_result(generate("-m", target, "--json", "-n", 4, PROMPT))["stats"]["mode"] == "auto"
+    assert_clean_error(generate("-m", target, "--mode", "draft", PROMPT), 2, "--mode draft needs a draft model")
 
 
 def test_drafts_save_writes_what_it_recommends(local_models):
