@@ -169,6 +169,7 @@ def test_drafts_json_ranks_every_local_model_and_the_lookup(local_models):
     assert rows[str(folder / "other.gguf")]["relation"] == "cross-vocabulary"
     copy = rows[str(folder / "big-copy.gguf")]
     assert copy["skipped"].startswith("not smaller than the target") and copy["per_k"] == []
+    assert copy["relation"] == "same vocabulary"  # from the headers' vocabulary ids
     small = rows[str(folder / "small.gguf")]
     assert (small["layers"], small["hidden_size"], small["heads"], small["vocab_size"]) == (2, 64, 4, 482)
     assert 0 < small["size_ratio"] < 1

@@ -131,9 +131,9 @@ def render(target: str, selection: Selection) -> None:
     out = Console()
     table = Table(title=f"drafts for {escape(target)} ({selection.n_prompts} prompts, "
                   f"{selection.generated_tokens} tokens of the target's greedy output)", title_justify="left")
-    for column in ("draft", "relation", "size", "architecture", "acceptance by position", "tokens/round",
+    for column in ("draft", "relation", "size ratio", "architecture", "acceptance by position", "tokens/round",
                    "best k", "speedup"):
-        table.add_column(column, overflow="fold", justify="right" if column in ("size", "best k", "speedup") else "left")
+        table.add_column(column, overflow="fold", justify="right" if column in ("size ratio", "best k", "speedup") else "left")
     for row in selection.rows:
         best = row.best
         if best is None:

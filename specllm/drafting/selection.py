@@ -142,7 +142,8 @@ def select_drafts(target: Path, candidates: Sequence[Candidate], prompts: Sequen
         target_vocab = VocabSummary.from_model(target_model)
         for candidate in candidates:
             progress(f"measuring {candidate.name}")
-            rows.append(candidate_row(candidate, target_model, target_vocab, outputs, settings, costs))
+            rows.append(candidate_row(candidate, target_model, target_vocab, outputs, settings, costs,
+                                      target_vocab_id=target_facts.vocab_id if target_facts else None))
     measured = sorted((r for r in rows if r.best), key=lambda r: -r.best.speedup)
     return Selection(
         target=target, target_facts=target_facts, rows=measured + [r for r in rows if not r.best],
@@ -216,9 +217,13 @@ def lookup_row(outputs: Sequence[RecordedOutput], ks: Sequence[int], vocab: llam
 
 
 def candidate_row(candidate: Candidate, target_model: llama.Model, target_vocab: VocabSummary,
-                  outputs: Sequence[RecordedOutput], settings: SelectionSettings, costs: MeasuredCosts) -> DraftRow:
+                  outputs: Sequence[RecordedOutput], settings: SelectionSettings, costs: MeasuredCosts,
+                  target_vocab_id: Optional[str] = None) -> DraftRow:
     """Measure one candidate, or say why it cannot draft for the target."""
     row = DraftRow(name=candidate.name, relation="-", path=candidate.path, facts=candidate.facts)
+    draft_vocab_id = candidate.facts.vocab_id if candidate.facts else None
+    if target_vocab_id and draft_vocab_id:  # the headers' guess, for a row skipped before the check
+        row.relation = SAME_VOCAB if draft_vocab_id == target_vocab_id else CROSS_VOCAB
     params = candidate.facts.parameters if candidate.facts else 0
     if params and target_model.n_params:
         row.size_ratio = params / target_model.n_params
