@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -65,9 +66,14 @@ def drafts(
         scan = registry.scan_local_models()
         candidates, target_facts = local_candidates(target_path, scan.models)
         settings = SelectionSettings(max_tokens=max_tokens, chat=chat, threads=threads)
-        selection = select_drafts(target_path, candidates, prompt_set, settings,
-                                  progress=lambda message: stderr.print(escape(message), style="dim"),
+        start = time.perf_counter()
+
+        def progress(message: str) -> None:  # the elapsed time says where a slow run spends it
+            stderr.print(f"{time.perf_counter() - start:6.1f} s  {escape(message)}", style="dim")
+
+        selection = select_drafts(target_path, candidates, prompt_set, settings, progress=progress,
                                   target_facts=target_facts)
+        progress("done")
         if json_:
             typer.echo(json.dumps(selection_json(target, selection), indent=2))
         else:
@@ -91,7 +97,7 @@ def recommendation(target: str, selection: Selection) -> tuple[str, str]:
     best = row.best
     why = f"{row.name}: {best.tokens_per_round:.2f} tokens per round at k={best.k}, {best.speedup:.2f}x plain"
     if row.relation == LOOKUP:
-        return f"specllm generate -m {t}", why + " (auto mode drafts from these lookups when they pay)"
+        return f"specllm generate -m {t}", why + "; auto mode drafts from these lookups when they pay"
     cross = " --cross-vocab" if row.relation == CROSS_VOCAB else ""
     return f"specllm generate -m {t} -md {shlex.quote(row.name)} --mode draft -k {best.k}{cross}", why
 
@@ -115,7 +121,7 @@ def _save(target: str, selection: Selection) -> None:
 
 
 def _ratio(value: Optional[float]) -> str:
-    return "-" if value is None else f"{value:.2f}"
+    return "-" if value is None else f"{value:.3g}"
 
 
 def _arch(row: DraftRow) -> str:
@@ -146,7 +152,8 @@ def render(target: str, selection: Selection) -> None:
                       f"{best.tokens_per_round:.2f}", str(best.k), f"{best.speedup:.2f}x")
     out.print(table)
     command, why = recommendation(target, selection)
-    out.print(f"recommended: [b]{escape(command)}[/]  ({escape(why)})", soft_wrap=True)
+    out.print(f"recommended: [b]{escape(command)}[/]", soft_wrap=True)
+    out.print(f"  {escape(why)}", style="dim", soft_wrap=True)
 
 
 def selection_json(target: str, selection: Selection) -> dict:
