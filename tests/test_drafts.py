@@ -282,3 +282,9 @@ def test_k4_prediction_matches_a_real_draft_run_on_the_real_models(real_target_p
     real = real_rounds(real_target_path, real_draft_path, prompts, 4, max_tokens=48)
     predicted, measured = rounds[4].stats.mean_accepted_length, real.mean_accepted_length
     assert abs(predicted / measured - 1) <= 0.10, (predicted, measured)
+
+
+def test_the_built_in_prompts_raw_and_chat(local_models):
+    folder, _, _ = local_models
+    data = drafts_json(folder / "big.gguf")
+    assert data["prompts"] == 5 and data["generated_tokens"] > 0

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -133,6 +133,10 @@ def select_drafts(target: Path, candidates: Sequence[Candidate], prompts: Sequen
     """Measure every candidate (and the lookup drafter) for `target` on `prompts`; rows best first."""
     config = EngineConfig(target=str(target), mode="none", ctx_size=settings.ctx_size, threads=settings.threads)
     with Engine(config) as engine:
+        if not engine.target_model.has_partial_kv_removal:
+            raise IncompatibleModelsError(
+                f"{engine.target_model.name} is a recurrent/hybrid model: its cache cannot be rolled back after "
+                "rejected drafts, so no draft can speed it up")
         outputs = record_outputs(engine, prompts, settings, progress)
         progress("timing the target's decodes (T(n))")
         costs = target_costs(engine, config, calibrate_up_to=max(settings.model_ks) + 1,
@@ -160,7 +164,14 @@ def record_outputs(engine: Engine, prompts: Sequence[Prompt], settings: Selectio
         progress(f"prompt {i}/{len(prompts)}: the target's greedy output ({settings.max_tokens} tokens at most)")
         request = Request(max_tokens=settings.max_tokens, params=SamplingParams(temperature=0.0),
                           chat=item.chat or settings.chat)
-        prompt = engine.tokenize_prompt(item.text, request)
+        try:
+            prompt = engine.tokenize_prompt(item.text, request)
+        except ModelLoadError:
+            if settings.chat or not item.chat:
+                raise
+            # A built-in chat prompt for a model without a chat template: its raw text.
+            request = replace(request, chat=False)
+            prompt = engine.tokenize_prompt(item.text, request)
         generation = engine.generate(prompt, request)
         for _ in generation:
             pass
