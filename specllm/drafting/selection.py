@@ -42,6 +42,7 @@ from ..paths import cost_profile_path
 from ..registry import LocalModel
 from ..registry.model_facts import ModelFacts, read_model_facts
 from ..sampling import DraftChooser, Sampler, SamplingParams
+from ..stats import SpecStats
 from .compat import Compatibility, VocabSummary, check_vocabularies
 from .crossvocab import CrossVocabDrafter
 from .replay import Proposal, RecordedOutput, ReplayedRounds, agreement_proposals, replay_fixed_k
@@ -137,10 +138,14 @@ def select_drafts(target: Path, candidates: Sequence[Candidate], prompts: Sequen
             raise IncompatibleModelsError(
                 f"{engine.target_model.name} is a recurrent/hybrid model: its cache cannot be rolled back after "
                 "rejected drafts, so no draft can speed it up")
-        outputs = record_outputs(engine, prompts, settings, progress)
+        plain = SpecStats(mode="none")
+        outputs = record_outputs(engine, prompts, settings, progress, plain)
         progress("timing the target's decodes (T(n))")
         costs = target_costs(engine, config, calibrate_up_to=max(settings.model_ks) + 1,
                              price_up_to=max(*settings.model_ks, *settings.lookup_ks) + 1)
+        # As bench does: the plain runs say how much slower a decode was while generating than
+        # when timed (cache depth, load) and what the loop costs a round outside the decodes.
+        costs.calibrate(plain)
         target_model = engine.target_model
         rows = [lookup_row(outputs, settings.lookup_ks, target_model.vocab, costs)]
         target_vocab = VocabSummary.from_model(target_model)
@@ -157,8 +162,9 @@ def select_drafts(target: Path, candidates: Sequence[Candidate], prompts: Sequen
 
 
 def record_outputs(engine: Engine, prompts: Sequence[Prompt], settings: SelectionSettings,
-                   progress: Progress) -> list[RecordedOutput]:
-    """The target's greedy output of each prompt, as `generate --mode none --temp 0` gives it."""
+                   progress: Progress, plain: Optional[SpecStats] = None) -> list[RecordedOutput]:
+    """The target's greedy output of each prompt, as `generate --mode none --temp 0` gives it;
+    the runs' statistics are pooled into `plain`."""
     outputs = []
     for i, item in enumerate(prompts, 1):
         progress(f"prompt {i}/{len(prompts)}: the target's greedy output ({settings.max_tokens} tokens at most)")
@@ -175,6 +181,8 @@ def record_outputs(engine: Engine, prompts: Sequence[Prompt], settings: Selectio
         generation = engine.generate(prompt, request)
         for _ in generation:
             pass
+        if plain is not None:
+            plain.add(generation.stats)
         outputs.append(RecordedOutput(list(prompt), list(generation.tokens), generation.end_token, settings.max_tokens))
     return outputs
 
