@@ -58,8 +58,8 @@ class RecordedOutput:
 
     @property
     def budget(self) -> int:
-        # A run that stopped for lack of room before max_tokens: its length is the budget a
-        # replay can know of (drafts.py sizes the context so that this does not happen).
+        # A run that stopped for lack of room before max_tokens (a prompt near the context's
+        # size): its length is the budget a replay can know of.
         return self.max_tokens if self.end_token is not None else len(self.tokens)
 
 
@@ -69,8 +69,7 @@ class ReplayedRounds:
 
     k: int
     stats: SpecStats
-    draft_decodes: int = 0
-    plain_rounds: int = 0  # what plain decoding of the same outputs takes (EOG rounds included)
+    draft_decodes: int = 0  # the draft-model decodes its proposals took
 
 
 def replay_fixed_k(
@@ -85,7 +84,6 @@ def replay_fixed_k(
     results = into if into is not None else {}
     for k in ks:
         results.setdefault(k, ReplayedRounds(k, SpecStats(mode="draft", k=k)))
-        results[k].plain_rounds += len(output.sequence)
     y, budget = output.sequence, output.budget
     next_start = {k: 0 for k in ks}  # each K's next round starts there; absent: finished
     while next_start:
