@@ -191,7 +191,7 @@ def test_drafts_table_and_progress(local_models, monkeypatch):
     folder, prompts, _ = local_models
     result = invoke("drafts", folder / "big.gguf", "--prompts", prompts, "-n", 16, "-t", 1)
     assert result.exit_code == 0, result.output
-    assert "same vocabulary" in result.stdout and "cross-vocabulary" in result.stdout
+    assert "same vocab" in result.stdout and "cross-vocab" in result.stdout and "2/64/4" in result.stdout
     assert "recommended: specllm generate -m" in result.stdout
     assert "prompt 2/2" in result.stderr and "prompt 2/2" not in result.stdout
 

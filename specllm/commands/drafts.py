@@ -17,7 +17,7 @@ from .. import llama, registry
 from ..config import check_positive
 from ..console import FetchBars, reported_errors, stderr
 from ..drafting.selection import (
-    CROSS_VOCAB, LOOKUP, DraftRow, Prompt, Selection, SelectionSettings, local_candidates, select_drafts,
+    CROSS_VOCAB, LOOKUP, SAME_VOCAB, DraftRow, Prompt, Selection, SelectionSettings, local_candidates, select_drafts,
 )
 from ..options import FLAG, ThreadsOpt, VerboseOpt
 from ..prompts import DRAFTS_PROMPTS, load_prompts
@@ -124,32 +124,46 @@ def _ratio(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
-def _arch(row: DraftRow) -> str:
+def _shape(row: DraftRow) -> str:
+    """layers/hidden size/heads, e.g. 24/896/14."""
     f = row.facts
     if f is None:
         return "-"
-    parts = [f.architecture or "?", f"{f.layers or '?'} layers", f"hidden {f.hidden_size or '?'}",
-             f"{f.heads or '?'} heads", f"vocab {f.vocab_size or '?'}"]
-    return ", ".join(parts)
+    return "/".join(str(v) if v else "?" for v in (f.layers, f.hidden_size, f.heads))
+
+
+def _draft_cell(row: DraftRow) -> str:
+    """The name, and the architecture under it."""
+    arch = row.facts.architecture if row.facts and row.facts.architecture else ""
+    return escape(row.name) + (f"\n[dim]{escape(arch)}[/]" if arch else "")
+
+
+SHORT_RELATION = {SAME_VOCAB: "same vocab", CROSS_VOCAB: "cross-vocab"}  # narrow columns on a terminal
 
 
 def render(target: str, selection: Selection) -> None:
     out = Console()
     table = Table(title=f"drafts for {escape(target)} ({selection.n_prompts} prompts, "
-                  f"{selection.generated_tokens} tokens of the target's greedy output)", title_justify="left")
-    for column in ("draft", "relation", "size ratio", "architecture", "acceptance by position", "tokens/round",
-                   "best k", "speedup"):
-        table.add_column(column, overflow="fold", justify="right" if column in ("size ratio", "best k", "speedup") else "left")
+                  f"{selection.generated_tokens} tokens of the target's greedy output)", title_justify="left",
+                  caption="size: parameters / the target's; shape: layers/hidden size/heads; acceptance: "
+                  "by draft position at the best k", caption_justify="left")
+    table.add_column("draft", overflow="fold", ratio=3)
+    table.add_column("relation", ratio=1)
+    for column in ("size", "shape", "vocab"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("acceptance", ratio=2)
+    for column in ("tok/round", "k", "speedup"):
+        table.add_column(column, justify="right", no_wrap=True)
     for row in selection.rows:
         best = row.best
+        vocab = str(row.facts.vocab_size) if row.facts and row.facts.vocab_size else "-"
+        facts = (_draft_cell(row), SHORT_RELATION.get(row.relation, row.relation),
+                 "-" if row.relation == LOOKUP else _ratio(row.size_ratio), _shape(row), vocab)
         if best is None:
-            table.add_row(escape(row.name), escape(row.relation), _ratio(row.size_ratio), escape(_arch(row)),
-                          f"[dim]skipped: {escape(row.skipped or 'nothing measured')}[/]", "-", "-", "-")
+            table.add_row(*facts, f"[dim]skipped: {escape(row.skipped or 'nothing measured')}[/]", "-", "-", "-")
             continue
         acceptance = " ".join(f"{a:.0%}" for a in best.acceptance_by_position) or "-"
-        size = "-" if row.relation == LOOKUP else _ratio(row.size_ratio)
-        table.add_row(escape(row.name), row.relation, size, escape(_arch(row)), acceptance,
-                      f"{best.tokens_per_round:.2f}", str(best.k), f"{best.speedup:.2f}x")
+        table.add_row(*facts, acceptance, f"{best.tokens_per_round:.2f}", str(best.k), f"{best.speedup:.2f}x")
     out.print(table)
     command, why = recommendation(target, selection)
     out.print(f"recommended: [b]{escape(command)}[/]", soft_wrap=True)
