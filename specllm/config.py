@@ -181,12 +181,43 @@ def resolve_models(
     if model is None:
         pair, target_path, draft_path = registry.resolve_pair(progress=progress)
         draft = str(registry.resolve_model(draft_model, progress=progress)) if draft_model else str(draft_path)
-        settings = {"mode": pair.mode, "k": pair.k, "cross_vocab": pair.cross_vocab, "ngram_sizes": pair.ngram_sizes,
-                    "memory": pair.memory}
-        return str(target_path), draft, {key: value for key, value in settings.items() if value is not None}
-    target = str(registry.resolve_model(model, progress=progress))
+        return str(target_path), draft, pair_settings(pair)
+    target = registry.resolve_model(model, progress=progress)
+    if draft_model is None:
+        saved = _saved_pair(model, target, progress)
+        if saved is not None:
+            return str(target), saved[0], saved[1]
     draft = str(registry.resolve_model(draft_model, progress=progress)) if draft_model else None
-    return target, draft, {}
+    return str(target), draft, {}
+
+
+def pair_settings(pair) -> dict:
+    """A pair's settings that it gives (precedence 3)."""
+    settings = {"mode": pair.mode, "k": pair.k, "cross_vocab": pair.cross_vocab, "ngram_sizes": pair.ngram_sizes,
+                "memory": pair.memory}
+    return {key: value for key, value in settings.items() if value is not None}
+
+
+def _saved_pair(model: str, target, progress: FetchProgress) -> Optional[tuple[str, dict]]:
+    """-m without -md: the draft `specllm drafts --save` chose for this target, if it saved one."""
+    from . import registry
+    from .errors import SpecllmError
+    from .saved_pairs import saved_pair_for
+
+    try:
+        known = registry.load_registry()
+    except SpecllmError:  # a broken models.toml must not stop a run given by path
+        return None
+    pair = saved_pair_for(model, target, known)
+    if pair is None:
+        return None
+    progress.note(f"draft {pair.draft}, saved for this target by `specllm drafts --save` (pair {pair.name}; -md overrides)")
+    try:
+        draft = registry.resolve_model(pair.draft, progress=progress)
+    except SpecllmError as e:
+        e.hint = f"the pair {pair.name} in your models.toml names it: run `specllm drafts --save` again, or pass -md"
+        raise
+    return str(draft), pair_settings(pair)
 
 
 def engine_config(
@@ -220,9 +251,14 @@ def engine_config(
     endpoints = parse_endpoints(rpc)
     if endpoints and n_gpu_layers == 0:
         n_gpu_layers = -1  # --rpc is for the target's layers: -ngl 0 would keep them all here
-    # Before anything is fetched: without -m the default pair brings its draft.
-    check_draft_for_mode(mode, has_draft=draft_model is not None or model is None)
+    # Before anything is fetched: without -m the default pair brings its draft, and with -m a
+    # pair saved by `specllm drafts --save` may (checked again once the models are resolved).
+    from .saved_pairs import has_saved_pairs
+
+    check_draft_for_mode(mode, has_draft=draft_model is not None or model is None
+                         or (mode == "draft" and has_saved_pairs()))
     target, draft, pair_settings = resolve_models(model, draft_model, progress=progress)
+    check_draft_for_mode(mode, has_draft=draft is not None)
     # A user's models.toml can say anything: its settings pass the options' checks.
     check_mode(pair_settings.get("mode"), "the pair's 'mode' in models.toml")
     check_draft_max(pair_settings.get("k"), "the pair's 'k' in models.toml")

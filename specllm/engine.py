@@ -203,11 +203,7 @@ class Engine:
         self.costs = CostModel()
         self.learned = Learned()
         cfg = self.config
-        key = "|".join(str(x) for x in (
-            self.target_model.name, self.target_model.size_bytes, cfg.threads or os.cpu_count(), cfg.n_gpu_layers,
-            self.draft_model.name if self.draft_model else "-", cfg.draft_threads, cfg.draft_n_gpu_layers,
-            ",".join(cfg.rpc) or "local",
-        ))
+        key = cost_profile_key(cfg, self.target_model, self.draft_model)
         self._profile_key = key
         # Sizes above k + 1 come from the fitted curve if a request ever asks for more.
         max_batch = min(cfg.k + 1, self.target.n_batch)
@@ -270,6 +266,15 @@ class Engine:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def cost_profile_key(config: EngineConfig, target_model: llama.Model, draft_model: Optional[llama.Model]) -> str:
+    """Auto mode's saved costs are kept per models and settings (see auto/costs.py)."""
+    return "|".join(str(x) for x in (
+        target_model.name, target_model.size_bytes, config.threads or os.cpu_count(), config.n_gpu_layers,
+        draft_model.name if draft_model else "-", config.draft_threads, config.draft_n_gpu_layers,
+        ",".join(config.rpc) or "local",
+    ))
 
 
 def make_model_drafter(

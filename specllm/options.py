@@ -18,12 +18,13 @@ FLAG = ""  # metavar of on/off flags: typer would print <bool> next to them
 
 ModelOpt = Annotated[
     Optional[str],
-    typer.Option("-m", "--model", help="Target GGUF: a path or a models.toml name (default: the default pair).",
+    typer.Option("-m", "--model", help="Target GGUF: a path, a models.toml name, ollama:MODEL[:TAG], hf:ORG/REPO[:QUANT], "
+                 "lmstudio:PUB/MODEL or a local model's name (`specllm models list`; default: the default pair).",
                  envvar="SPECLLM_MODEL", show_default=False, metavar="GGUF", rich_help_panel=MODELS),
 ]
 DraftModelOpt = Annotated[
     Optional[str],
-    typer.Option("-md", "--draft-model", help="Draft GGUF: a path or a models.toml name.",
+    typer.Option("-md", "--draft-model", help="Draft GGUF: a path, a models.toml name or a local model's name (as -m).",
                  envvar="SPECLLM_DRAFT_MODEL", show_default=False, metavar="GGUF", rich_help_panel=MODELS),
 ]
 ModeOpt = Annotated[

@@ -125,6 +125,7 @@ class Generation:
         self.tokens: list[int] = []
         self.from_draft: list[bool] = []
         self.finish_reason: str | None = None
+        self.end_token: int | None = None  # the end-of-generation token that stopped it, if one did
         self.stats = SpecStats(mode=policy.mode, k=policy.k, prompt_tokens=len(prompt))
         self.begun = False  # the policy has seen the prompt (after the target's prefill)
         self._ended = False
@@ -237,6 +238,7 @@ class Generation:
             if self.vocab.is_eog(token):
                 # End of generation, drafted or not: nothing after it stands.
                 self.finish_reason = "stop"
+                self.end_token = token
                 break
             self.history.append(token)
             self.tokens.append(token)

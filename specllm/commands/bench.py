@@ -30,7 +30,7 @@ PER_POSITION_SHOWN = 6
 
 DraftModelsOpt = Annotated[
     Optional[list[str]],
-    typer.Option("-md", "--draft-model", help="Draft GGUF (path or models.toml name); repeat to compare several.",
+    typer.Option("-md", "--draft-model", help="Draft GGUF (as -m: a path, a models.toml or local model name); repeat to compare several.",
                  show_default=False, metavar="GGUF", rich_help_panel=MODELS),
 ]
 
