@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from .errors import UsageError
@@ -263,6 +264,12 @@ def engine_config(
     check_mode(pair_settings.get("mode"), "the pair's 'mode' in models.toml")
     check_draft_max(pair_settings.get("k"), "the pair's 'k' in models.toml")
     chosen_mode = mode or pair_settings.get("mode") or DEFAULT_MODE
+    if model is not None and draft is None and chosen_mode == "auto":
+        from .drafting.hint import local_drafts_note
+
+        note = local_drafts_note(model, Path(target))
+        if note:
+            progress.note(note)
     return EngineConfig(
         target=target,
         draft=draft,

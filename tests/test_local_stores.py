@@ -372,6 +372,20 @@ def test_generate_by_store_names_equals_generate_by_paths(home, tiny):
     assert by_name.stdout == by_path.stdout and by_name.stdout.strip()
 
 
+def test_generate_without_a_draft_names_the_local_models_that_could_draft(home, tiny):
+    # The padded model has the most parameters (its padding rows): every other tiny model is smaller.
+    result = generate("-m", tiny.draft_padded, "--temp", "0", "-n", "4", "the cat")
+    assert result.exit_code == 0, result.output
+    note = [line for line in result.stderr.splitlines() if "could draft for this target" in line]
+    assert len(note) == 1, result.stderr
+    assert "with its vocabulary" in note[0] and "through text" in note[0]
+    assert f"specllm drafts {tiny.draft_padded}" in note[0]
+    # Not when a draft is named, nor when nothing would be drafted anyway.
+    for extra in (["-md", str(tiny.draft_other)], ["--mode", "none"]):
+        quiet = generate("-m", tiny.draft_padded, *extra, "--temp", "0", "-n", "4", "the cat")
+        assert quiet.exit_code == 0 and "could draft" not in quiet.stderr, quiet.output
+
+
 def test_pairs_may_name_store_references(home, tiny, tmp_path):
     (tmp_path / "user-models.toml").write_text(
         '[pairs.mine]\ntarget = "ollama:tiny:latest"\ndraft = "hf:specllm/tiny-padded-GGUF"\nk = 3\n'
