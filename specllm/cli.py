@@ -9,7 +9,7 @@ import typer
 from typer.exceptions import TyperException
 
 from . import __version__
-from .commands import bench, check, generate, models, rpc_server, serve
+from .commands import bench, check, drafts, generate, models, rpc_server, serve
 from .console import EXIT_INTERRUPTED, print_error
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app = typer.Typer(
 # Every command, explicitly: a missing module is an ImportError here, never a silently absent command.
 app.command(name="generate")(generate.generate)
 app.command(name="check")(check.check)
+app.command(name="drafts")(drafts.drafts)
 app.add_typer(models.app, name="models")
 app.command(name="bench")(bench.bench)
 app.command(name="rpc-server")(rpc_server.rpc_server)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from .errors import UsageError
@@ -65,6 +66,9 @@ class EngineConfig:
     # a server), True also on disk between runs, False not at all.
     memory: Optional[bool] = None
     rpc: tuple[str, ...] = ()  # llama.cpp RPC workers ("host:port") holding the target's layers
+    # Sequences decoded together (--parallel): --jsonl lines or server slots. Each holds ctx_size
+    # tokens; the KV cache holds parallel x ctx_size (see llama.Context).
+    parallel: int = 1
 
 
 
@@ -84,6 +88,16 @@ def check_draft_max(k: Optional[int], name: str = "--draft-max") -> None:
         raise UsageError(f"{name} must be between 1 and {MAX_DRAFT}, got {k}")
 
 
+# Most sequences in one context: every round decodes at least one row per sequence in one batch
+# of at most n_batch (512) rows, and llama.cpp allows 256 sequences.
+MAX_PARALLEL = 256
+
+
+def check_parallel(name: str, parallel: int) -> None:
+    if not 1 <= parallel <= MAX_PARALLEL:
+        raise UsageError(f"{name} must be between 1 and {MAX_PARALLEL}, got {parallel}")
+
+
 def check_ctx_size(name: str, n_ctx: Optional[int]) -> None:
     if n_ctx is not None and not MIN_CTX <= n_ctx <= MAX_CTX:
         raise UsageError(f"{name} must be between {MIN_CTX} and {MAX_CTX} tokens, got {n_ctx}")
@@ -99,6 +113,19 @@ def check_sampling(temp: float, top_k: int, top_p: float, min_p: float) -> None:
         raise UsageError(f"--top-p must be in (0, 1], got {top_p}")
     if not 0.0 <= min_p <= 1.0:
         raise UsageError(f"--min-p must be in [0, 1], got {min_p}")
+
+
+# -n -1, as in llama.cpp: no limit but the end of generation and the context.
+UNLIMITED_TOKENS = -1
+
+
+def max_tokens_limit(name: str, value: Optional[int]) -> Optional[int]:
+    """A -n value as a limit: None (unlimited) for None or -1, else a count >= 0."""
+    if value is None or value == UNLIMITED_TOKENS:
+        return None
+    if value < 0:
+        raise UsageError(f"{name} must be >= 0, or -1 for no limit, got {value}")
+    return value
 
 
 def check_seed(seed: Optional[int]) -> None:
@@ -155,12 +182,43 @@ def resolve_models(
     if model is None:
         pair, target_path, draft_path = registry.resolve_pair(progress=progress)
         draft = str(registry.resolve_model(draft_model, progress=progress)) if draft_model else str(draft_path)
-        settings = {"mode": pair.mode, "k": pair.k, "cross_vocab": pair.cross_vocab, "ngram_sizes": pair.ngram_sizes,
-                    "memory": pair.memory}
-        return str(target_path), draft, {key: value for key, value in settings.items() if value is not None}
-    target = str(registry.resolve_model(model, progress=progress))
+        return str(target_path), draft, pair_settings(pair)
+    target = registry.resolve_model(model, progress=progress)
+    if draft_model is None:
+        saved = _saved_pair(model, target, progress)
+        if saved is not None:
+            return str(target), saved[0], saved[1]
     draft = str(registry.resolve_model(draft_model, progress=progress)) if draft_model else None
-    return target, draft, {}
+    return str(target), draft, {}
+
+
+def pair_settings(pair) -> dict:
+    """A pair's settings that it gives (precedence 3)."""
+    settings = {"mode": pair.mode, "k": pair.k, "cross_vocab": pair.cross_vocab, "ngram_sizes": pair.ngram_sizes,
+                "memory": pair.memory}
+    return {key: value for key, value in settings.items() if value is not None}
+
+
+def _saved_pair(model: str, target, progress: FetchProgress) -> Optional[tuple[str, dict]]:
+    """-m without -md: the draft `specllm drafts --save` chose for this target, if it saved one."""
+    from . import registry
+    from .errors import SpecllmError
+    from .saved_pairs import saved_pair_for
+
+    try:
+        known = registry.load_registry()
+    except SpecllmError:  # a broken models.toml must not stop a run given by path
+        return None
+    pair = saved_pair_for(model, target, known)
+    if pair is None:
+        return None
+    progress.note(f"draft {pair.draft}, saved for this target by `specllm drafts --save` (pair {pair.name}; -md overrides)")
+    try:
+        draft = registry.resolve_model(pair.draft, progress=progress)
+    except SpecllmError as e:
+        e.hint = f"the pair {pair.name} in your models.toml names it: run `specllm drafts --save` again, or pass -md"
+        raise
+    return str(draft), pair_settings(pair)
 
 
 def engine_config(
@@ -179,6 +237,7 @@ def engine_config(
     cross_vocab: bool = False,
     memory: Optional[bool] = None,
     rpc: Optional[str] = None,
+    parallel: int = 1,
     progress: FetchProgress = SILENT,
 ) -> EngineConfig:
     """Check the options, resolve the models (fetching them on first use) and apply the precedence."""
@@ -188,17 +247,29 @@ def engine_config(
     check_ctx_size("--draft-ctx-size", draft_ctx_size)
     check_positive("--threads", threads)
     check_positive("--draft-threads", draft_threads)
+    check_parallel("--parallel", parallel)
     ngram_sizes = parse_ngram_sizes(ngram)
     endpoints = parse_endpoints(rpc)
     if endpoints and n_gpu_layers == 0:
         n_gpu_layers = -1  # --rpc is for the target's layers: -ngl 0 would keep them all here
-    # Before anything is fetched: without -m the default pair brings its draft.
-    check_draft_for_mode(mode, has_draft=draft_model is not None or model is None)
+    # Before anything is fetched: without -m the default pair brings its draft, and with -m a
+    # pair saved by `specllm drafts --save` may (checked again once the models are resolved).
+    from .saved_pairs import has_saved_pairs
+
+    check_draft_for_mode(mode, has_draft=draft_model is not None or model is None
+                         or (mode == "draft" and has_saved_pairs()))
     target, draft, pair_settings = resolve_models(model, draft_model, progress=progress)
+    check_draft_for_mode(mode, has_draft=draft is not None)
     # A user's models.toml can say anything: its settings pass the options' checks.
     check_mode(pair_settings.get("mode"), "the pair's 'mode' in models.toml")
     check_draft_max(pair_settings.get("k"), "the pair's 'k' in models.toml")
     chosen_mode = mode or pair_settings.get("mode") or DEFAULT_MODE
+    if model is not None and draft is None and chosen_mode == "auto":
+        from .drafting.hint import local_drafts_note
+
+        note = local_drafts_note(model, Path(target))
+        if note:
+            progress.note(note)
     return EngineConfig(
         target=target,
         draft=draft,
@@ -214,4 +285,5 @@ def engine_config(
         cross_vocab=cross_vocab or bool(pair_settings.get("cross_vocab")),
         memory=memory if memory is not None else pair_settings.get("memory"),
         rpc=endpoints,
+        parallel=parallel,
     )

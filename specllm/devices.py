@@ -14,6 +14,7 @@ import re
 import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from .errors import RpcError
@@ -108,6 +109,25 @@ def rpc_devices(endpoints: Sequence[str]) -> tuple[Device, ...]:
             raise RpcError(f"RPC worker {endpoint} offers no device")
         devices += [_device(_ggml().ggml_backend_reg_dev_get(reg, i)) for i in range(n_devices)]
     return tuple(devices)
+
+
+# ggml's AMX matrix kernels, compiled in when the build machine's compiler sees AMX (-march=native
+# on a Sapphire Rapids Xeon). Some virtual machines advertise AMX without enabling it: the first
+# quantized matmul then dies with "Illegal instruction". Builds made with -mno-amx-tile
+# -mno-amx-int8 -mno-amx-bf16 in CFLAGS and CXXFLAGS lack them (see README, Install).
+AMX_SYMBOL = "_Z28ggml_backend_amx_buffer_typev"  # ggml_backend_amx_buffer_type()
+
+
+def amx_kernels_built() -> bool:
+    """Whether this llama-cpp-python's CPU backend carries ggml's AMX kernels."""
+    import llama_cpp
+
+    for lib in sorted((Path(llama_cpp.__file__).parent / "lib").glob("libggml-cpu*.so*")):
+        try:
+            return hasattr(ctypes.CDLL(str(lib)), AMX_SYMBOL)
+        except OSError:
+            continue
+    return False
 
 
 def local_devices() -> tuple[Device, ...]:

@@ -83,7 +83,8 @@ class Engine:
                 "after rejected drafts, so speculative decoding would be wrong",
                 hint="use --mode none",
             )
-        self.target = llama.Context(self.target_model, n_ctx=config.ctx_size, n_threads=config.threads)
+        self.target = llama.Context(self.target_model, n_ctx=config.ctx_size, n_threads=config.threads,
+                                    n_seq=config.parallel)
         if config.draft and config.mode in ("draft", "auto"):
             self._load_draft()
         if config.mode == "auto":
@@ -110,6 +111,7 @@ class Engine:
             self.draft_model,
             n_ctx=cfg.draft_ctx_size or cfg.ctx_size,
             n_threads=cfg.draft_threads or cfg.threads,
+            n_seq=cfg.parallel,  # one draft sequence per target sequence: slots never disturb each other
         )
 
     @property
@@ -132,7 +134,12 @@ class Engine:
                 tokens = tokens[-keep:]
         return tokens
 
-    def make_policy(self, request: Request, prompt: Sequence[int] = ()) -> DraftPolicy:
+    @property
+    def n_slots(self) -> int:
+        """Sequences that can generate at once (--parallel)."""
+        return self.target.n_seq
+
+    def make_policy(self, request: Request, prompt: Sequence[int] = (), slot: int = 0) -> DraftPolicy:
         cfg = self.config
         mode = request.mode or cfg.mode
         k = request.k if request.k is not None else cfg.k
@@ -140,7 +147,7 @@ class Engine:
             return FixedPolicy(NoDrafter(), 0, mode="none")
         if mode == "ngram":
             return FixedPolicy(NgramDrafter(cfg.ngram_sizes), k, mode="ngram")
-        model_drafter = self._model_drafter(request)
+        model_drafter = self._model_drafter(request, slot)
         if mode == "draft":
             check_draft_for_mode(mode, has_draft=model_drafter is not None)
             return FixedPolicy(model_drafter, k, mode="draft")
@@ -176,10 +183,11 @@ class Engine:
 
         return lookup_drafters(self.memory)
 
-    def _model_drafter(self, request: Request) -> Optional[Drafter]:
+    def _model_drafter(self, request: Request, slot: int = 0) -> Optional[Drafter]:
         if self.draft is None:
             return None
-        return make_model_drafter(self.draft, self.target_model.vocab, self.compatibility, ignore_eos=request.ignore_eos)
+        return make_model_drafter(self.draft.sequence(slot), self.target_model.vocab, self.compatibility,
+                                  ignore_eos=request.ignore_eos)
 
     def forget_learning(self) -> None:
         """Start the next generation as a new process would: the saved cost profile re-read
@@ -199,11 +207,7 @@ class Engine:
         cpu_bound = not cfg.n_gpu_layers and not cfg.rpc
         self.costs = CostModel(meter=ContentionMeter(cfg.threads, cpu_bound=cpu_bound))
         self.learned = Learned()
-        key = "|".join(str(x) for x in (
-            self.target_model.name, self.target_model.size_bytes, cfg.threads or os.cpu_count(), cfg.n_gpu_layers,
-            self.draft_model.name if self.draft_model else "-", cfg.draft_threads, cfg.draft_n_gpu_layers,
-            ",".join(cfg.rpc) or "local",
-        ))
+        key = cost_profile_key(cfg, self.target_model, self.draft_model)
         self._profile_key = key
         # Sizes above k + 1 come from the fitted curve if a request ever asks for more.
         max_batch = min(cfg.k + 1, self.target.n_batch)
@@ -237,13 +241,14 @@ class Engine:
             self.costs.model_rate_ratio = ratio
         self.costs.save(cost_profile_path(), self._profile_key)
 
-    def generate(self, prompt: Sequence[int], request: Request) -> Generation:
-        """A generation to iterate. Without a seed one is drawn, and reported (generation.seed)
-        so that a sampled run can be replayed."""
+    def generate(self, prompt: Sequence[int], request: Request, slot: int = 0) -> Generation:
+        """A generation to iterate (or to run with others: batch.py), on sequence `slot` of the
+        target's cache (and of the draft's). Without a seed one is drawn, and reported
+        (generation.seed) so that a sampled run can be replayed."""
         seed = request.seed if request.seed is not None else secrets.randbits(32)
         return Generation(
-            self.target,
-            self.make_policy(request, prompt),
+            self.target.sequence(slot),
+            self.make_policy(request, prompt, slot),
             prompt,
             sampler=Sampler(request.params, request.sampler, seed),
             max_tokens=request.max_tokens,
@@ -267,8 +272,17 @@ class Engine:
         self.close()
 
 
+def cost_profile_key(config: EngineConfig, target_model: llama.Model, draft_model: Optional[llama.Model]) -> str:
+    """Auto mode's saved costs are kept per models and settings (see auto/costs.py)."""
+    return "|".join(str(x) for x in (
+        target_model.name, target_model.size_bytes, config.threads or os.cpu_count(), config.n_gpu_layers,
+        draft_model.name if draft_model else "-", config.draft_threads, config.draft_n_gpu_layers,
+        ",".join(config.rpc) or "local",
+    ))
+
+
 def make_model_drafter(
-    context: llama.Context,
+    context: llama.Context | llama.KVSequence,
     target_vocab: llama.Vocab,
     compatibility: Optional[Compatibility],
     *,

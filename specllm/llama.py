@@ -3,7 +3,8 @@
 This is the only module that touches ctypes. It gives the rest of specllm three things:
 `Model` (weights + vocabulary), `Vocab` (tokenize, token bytes, end-of-generation) and
 `Context` (a KV cache that knows which tokens it holds: decode a batch, read logits as a
-zero-copy numpy view, truncate after rejected drafts).
+zero-copy numpy view, truncate after rejected drafts; several sequences in one cache, decoded
+together in one batch).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import re
 import stat
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -327,12 +329,31 @@ DECODE_ERRORS = {
 }
 
 
-class Context:
-    """One llama.cpp context (sequence 0) that remembers which tokens its KV cache holds.
+# Several sequences share one KV buffer (see Context). The other way, one stream per sequence,
+# attends over each sequence's own cells only (cheaper with many long sequences) but splits a
+# batch whose sequences carry different numbers of rows into several passes. Which pays for a
+# given model and machine is a measurement (README, "Many sequences in one batch").
+UNIFIED_KV = True
 
-    `tokens` is the cache's content: position i holds tokens[i]. `decode` appends, `truncate`
-    rolls back. The logits returned by `decode` are a view into llama.cpp's buffer, valid
-    until the next `decode` on this context.
+
+class Context:
+    """One llama.cpp context whose KV cache holds `n_seq` sequences, each with the tokens it holds.
+
+    With n_seq = 1 (the default) the context is its sequence 0: `tokens` is the cache's content
+    (position i holds tokens[i]), `decode` appends, `truncate` rolls back. With several
+    sequences, `sequence(i)` is sequence i with the same methods, and `decode_rows` decodes rows
+    of several sequences in ONE llama_decode (the shared batch of specllm/batch.py).
+
+    Room: each sequence may hold n_ctx tokens (--ctx-size), and the cache holds n_seq x n_ctx in
+    one unified buffer. A request thus has the same room whatever the number of slots (its
+    output cannot change with --parallel), and a sequence that fills its share never takes
+    another's. (llama-server instead divides -c between its slots.) The buffer is unified
+    because llama.cpp then decodes a batch whose sequences carry different numbers of rows
+    (one has 5 drafts, another none) in one ubatch; separate per-sequence streams split it
+    into equal-length ubatches.
+
+    The logits returned by a decode are a view into llama.cpp's buffer, valid until the next
+    decode on this context.
     """
 
     def __init__(
@@ -343,14 +364,18 @@ class Context:
         n_threads: int | None = None,
         n_threads_batch: int | None = None,
         n_batch: int = 512,
+        n_seq: int = 1,
     ):
+        if n_seq < 1:
+            raise ValueError("a context needs at least one sequence")
         self.model = model
         threads = n_threads or os.cpu_count() or 1
         params = C.llama_context_default_params()
-        params.n_ctx = n_ctx
+        params.n_ctx = n_ctx * n_seq
         params.n_batch = n_batch
         params.n_ubatch = n_batch
-        params.n_seq_max = 1
+        params.n_seq_max = n_seq
+        params.kv_unified = n_seq > 1 and UNIFIED_KV
         params.n_threads = threads
         params.n_threads_batch = n_threads_batch or threads
         params.no_perf = True
@@ -358,29 +383,183 @@ class Context:
         ptr = C.llama_init_from_model(model._ptr, params)
         if not ptr:
             raise ModelLoadError(
-                f"cannot create a {n_ctx}-token context for {model.name}: {_llama_failure_reason()}",
-                hint="try a smaller --ctx-size or fewer GPU layers",
+                f"cannot create a {n_ctx * n_seq}-token context for {model.name}: {_llama_failure_reason()}",
+                hint="try a smaller --ctx-size, fewer --parallel sequences or fewer GPU layers",
             )
         self._ptr = ptr
         self._memory = C.llama_get_memory(ptr)
         # llama.cpp rounds the cache up to a multiple of 256; the size asked for is the limit kept
         # (a prompt over -c must be refused, and generation must stop at -c, as the user said).
-        self.n_ctx: int = min(n_ctx, C.llama_n_ctx(ptr))
+        self.n_ctx: int = min(n_ctx, C.llama_n_ctx(ptr) // n_seq)
         self.n_batch: int = C.llama_n_batch(ptr)
         self.n_vocab: int = model.vocab.n_tokens
+        self.sequences: list[KVSequence] = [KVSequence(self, seq_id) for seq_id in range(n_seq)]
+        self._batch = _Batch(self.n_batch)
+        # Drafters on several threads (drafting/lockstep.py) call into this context: one C call
+        # at a time (ctypes releases the GIL, and llama.cpp's cache is not thread-safe).
+        self.lock = threading.Lock()
+        self.lockstep = None  # a Lockstep merging its threads' decodes, while one runs
+
+    @property
+    def n_seq(self) -> int:
+        return len(self.sequences)
+
+    def sequence(self, seq_id: int) -> "KVSequence":
+        return self.sequences[seq_id]
+
+    # -- sequence 0: the single-sequence API ---------------------------------------------------
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.sequences[0].tokens
+
+    @property
+    def owner(self) -> object:
+        return self.sequences[0].owner
+
+    @owner.setter
+    def owner(self, generation: object) -> None:
+        self.sequences[0].owner = generation
+
+    @property
+    def n_past(self) -> int:
+        return self.sequences[0].n_past
+
+    @property
+    def room(self) -> int:
+        return self.sequences[0].room
+
+    def decode(self, tokens: Sequence[int], *, all_logits: bool = False) -> np.ndarray:
+        return self.sequences[0].decode(tokens, all_logits=all_logits)
+
+    def truncate(self, n_keep: int) -> None:
+        self.sequences[0].truncate(n_keep)
+
+    def in_sync(self) -> bool:
+        return self.sequences[0].in_sync()
+
+    def resync(self) -> None:
+        self.sequences[0].resync()
+
+    def clear(self) -> None:
+        """Forget every sequence."""
+        C.llama_memory_clear(self._memory, True)
+        for sequence in self.sequences:
+            sequence.tokens.clear()
+
+    # -- the shared batch ----------------------------------------------------------------------
+
+    def decode_rows(self, rows: Sequence["Rows"]) -> list[np.ndarray | None]:
+        """Append each Rows' tokens to its sequence, all in ONE llama_decode; return each one's
+        logits: (len(tokens), n_vocab) for logits="all", (1, n_vocab) for "last", None for "none".
+
+        The batch must fit n_batch. On failure every sequence is left as it was. While a
+        Lockstep runs several drafters on this context, its threads' rows are merged with each
+        other's into one decode (drafting/lockstep.py).
+        """
+        self.check_room(rows)
+        lockstep = self.lockstep
+        if lockstep is not None and lockstep.is_member():
+            return lockstep.decode(rows)
+        with self.lock:
+            return self.decode_now(rows)
+
+    def check_room(self, rows: Sequence["Rows"]) -> None:
+        for r in rows:
+            if len(r.tokens) > r.sequence.room:
+                raise ContextFullError(
+                    f"context full: {r.sequence.n_past} + {len(r.tokens)} tokens > n_ctx {self.n_ctx}")
+
+    def decode_now(self, rows: Sequence["Rows"]) -> list[np.ndarray | None]:
+        """decode_rows without a Lockstep (the caller holds `lock`)."""
+        n = sum(len(r.tokens) for r in rows)
+        if n == 0:
+            raise ValueError("decode needs at least one token")
+        if n > self.n_batch:
+            raise ValueError(f"a batch of {n} tokens exceeds n_batch {self.n_batch}")
+        batch, i = self._batch, 0
+        for r in rows:
+            m, start = len(r.tokens), r.sequence.n_past
+            batch.token[i : i + m] = r.tokens
+            batch.pos[i : i + m] = np.arange(start, start + m, dtype=np.int32)
+            batch.seq[i : i + m] = r.sequence.seq_id
+            batch.logits[i : i + m] = r.logits == "all"
+            if r.logits == "last":
+                batch.logits[i + m - 1] = 1
+            i += m
+        batch.struct.n_tokens = n
+        rc = C.llama_decode(self._ptr, batch.struct)
+        if rc != 0:
+            # Leave every cache exactly as it was before this batch.
+            for r in rows:
+                C.llama_memory_seq_rm(self._memory, r.sequence.seq_id, r.sequence.n_past, -1)
+            if rc == 1:
+                raise ContextFullError(f"no KV slot for a batch of {n} tokens")
+            reason = DECODE_ERRORS.get(rc, f"error code {rc}")
+            raise DecodeError(f"llama_decode failed for {self.model.name}: {reason}")
+        outputs = []  # each Rows' number of logits rows
+        for r in rows:
+            r.sequence.tokens.extend(r.tokens)
+            outputs.append(len(r.tokens) if r.logits == "all" else int(r.logits == "last"))
+        logits = np.ctypeslib.as_array(C.llama_get_logits(self._ptr), shape=(sum(outputs), self.n_vocab))
+        out: list[np.ndarray | None] = []
+        row = 0
+        for n_rows in outputs:
+            out.append(logits[row : row + n_rows] if n_rows else None)
+            row += n_rows
+        return out
+
+    def close(self) -> None:
+        if getattr(self, "_ptr", None):
+            C.llama_free(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> "Context":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Rows:
+    """Tokens to append to one sequence in a shared decode, and which logits to return."""
+
+    __slots__ = ("sequence", "tokens", "logits")
+
+    def __init__(self, sequence: "KVSequence", tokens: Sequence[int], logits: str = "all"):
+        self.sequence = sequence
+        self.tokens = tokens
+        self.logits = logits  # "all", "last" or "none"
+
+
+class KVSequence:
+    """One sequence of a context's KV cache and the tokens it holds: position i holds tokens[i].
+
+    `owner` is the generation whose tokens the sequence holds: another one re-syncs before its
+    next round.
+    """
+
+    def __init__(self, context: Context, seq_id: int):
+        self.context = context
+        self.seq_id = seq_id
         self.tokens: list[int] = []
-        # The generation whose tokens the cache holds: another one re-syncs before its next round.
         self.owner: object = None
 
-        # One batch, allocated once and reused for every decode; numpy views over its arrays
-        # let us fill it without per-token ctypes calls.
-        self._batch = C.llama_batch_init(self.n_batch, 0, 1)
-        self._batch_tokens = np.ctypeslib.as_array(self._batch.token, shape=(self.n_batch,))
-        self._batch_pos = np.ctypeslib.as_array(self._batch.pos, shape=(self.n_batch,))
-        self._batch_wants_logits = np.ctypeslib.as_array(self._batch.logits, shape=(self.n_batch,))
-        np.ctypeslib.as_array(self._batch.n_seq_id, shape=(self.n_batch,))[:] = 1
-        for i in range(self.n_batch):
-            self._batch.seq_id[i][0] = 0
+    @property
+    def model(self) -> Model:
+        return self.context.model
+
+    @property
+    def n_ctx(self) -> int:
+        return self.context.n_ctx
+
+    @property
+    def n_batch(self) -> int:
+        return self.context.n_batch
+
+    @property
+    def n_vocab(self) -> int:
+        return self.context.n_vocab
 
     @property
     def n_past(self) -> int:
@@ -388,8 +567,8 @@ class Context:
 
     @property
     def room(self) -> int:
-        """How many more tokens fit in the cache."""
-        return self.n_ctx - len(self.tokens)
+        """How many more tokens fit in this sequence's share of the cache."""
+        return self.context.n_ctx - len(self.tokens)
 
     def decode(self, tokens: Sequence[int], *, all_logits: bool = False) -> np.ndarray:
         """Append `tokens` to the cache; return logits of shape (len(tokens) or 1, n_vocab).
@@ -404,38 +583,22 @@ class Context:
             raise ContextFullError(f"context full: {self.n_past} + {n} tokens > n_ctx {self.n_ctx}")
         if all_logits and n > self.n_batch:
             raise ValueError(f"all_logits decode of {n} tokens exceeds n_batch {self.n_batch}")
+        logits = None
         for start in range(0, n, self.n_batch):
             chunk = tokens[start : start + self.n_batch]
             last_chunk = start + self.n_batch >= n
-            self._decode_chunk(chunk, want_all=all_logits, want_last=last_chunk)
-        n_rows = n if all_logits else 1
-        logits_ptr = C.llama_get_logits(self._ptr)
-        return np.ctypeslib.as_array(logits_ptr, shape=(n_rows, self.n_vocab))
-
-    def _decode_chunk(self, chunk: Sequence[int], *, want_all: bool, want_last: bool) -> None:
-        m = len(chunk)
-        start_pos = len(self.tokens)
-        self._batch.n_tokens = m
-        self._batch_tokens[:m] = chunk
-        self._batch_pos[:m] = np.arange(start_pos, start_pos + m, dtype=np.int32)
-        self._batch_wants_logits[:m] = 1 if want_all else 0
-        if want_last:
-            self._batch_wants_logits[m - 1] = 1
-        rc = C.llama_decode(self._ptr, self._batch)
-        if rc != 0:
-            # Leave the cache exactly as it was before this chunk.
-            C.llama_memory_seq_rm(self._memory, 0, start_pos, -1)
-            if rc == 1:
-                raise ContextFullError(f"no KV slot for {m} tokens at position {start_pos}")
-            reason = DECODE_ERRORS.get(rc, f"error code {rc}")
-            raise DecodeError(f"llama_decode failed for {self.model.name}: {reason}")
-        self.tokens.extend(chunk)
+            want = "all" if all_logits else ("last" if last_chunk else "none")
+            logits = self.context.decode_rows([Rows(self, chunk, want)])[0]
+        return logits
 
     def truncate(self, n_keep: int) -> None:
-        """Forget every cached token from position n_keep on (rejected drafts)."""
+        """Forget every cached token from position n_keep on (rejected drafts). Only this
+        sequence's cells go: the other sequences keep theirs."""
         if n_keep >= len(self.tokens):
             return
-        if not C.llama_memory_seq_rm(self._memory, 0, n_keep, -1):
+        with self.context.lock:
+            removed = C.llama_memory_seq_rm(self.context._memory, self.seq_id, n_keep, -1)
+        if not removed:
             raise DecodeError(
                 f"{self.model.name} cannot roll back its cache (recurrent or hybrid model)",
                 hint="speculative decoding needs a transformer KV cache; use --mode none",
@@ -443,36 +606,52 @@ class Context:
         del self.tokens[n_keep:]
 
     def clear(self) -> None:
-        C.llama_memory_clear(self._memory, True)
+        with self.context.lock:
+            C.llama_memory_seq_rm(self.context._memory, self.seq_id, -1, -1)
         self.tokens.clear()
 
-    def _cached_length(self) -> int:
-        return int(C.llama_memory_seq_pos_max(self._memory, 0)) + 1
+    def cached_length(self) -> int:
+        """What llama.cpp holds for this sequence (its last position + 1)."""
+        with self.context.lock:
+            return int(C.llama_memory_seq_pos_max(self.context._memory, self.seq_id)) + 1
 
     def in_sync(self) -> bool:
         """Does `tokens` describe llama.cpp's cache? (An interrupt between llama_decode and our
         bookkeeping can leave them apart.)"""
-        return self._cached_length() == len(self.tokens)
+        return self.cached_length() == len(self.tokens)
 
     def resync(self) -> None:
         """Bring `tokens` and the cache back to the part both agree on (a cheap check)."""
-        n_cached = self._cached_length()
+        n_cached = self.cached_length()
         if n_cached < len(self.tokens):
             del self.tokens[n_cached:]
         elif n_cached > len(self.tokens):
-            C.llama_memory_seq_rm(self._memory, 0, len(self.tokens), -1)
+            with self.context.lock:
+                C.llama_memory_seq_rm(self.context._memory, self.seq_id, len(self.tokens), -1)
 
-    def close(self) -> None:
-        if getattr(self, "_ptr", None):
-            C.llama_batch_free(self._batch)
-            C.llama_free(self._ptr)
-            self._ptr = None
 
-    def __enter__(self) -> "Context":
-        return self
+class _Batch:
+    """A llama_batch over numpy arrays, allocated once per context: a decode fills it with
+    slice assignments, not per-token ctypes calls (the loop's own time counts on a GPU)."""
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __init__(self, capacity: int):
+        self.token = np.zeros(capacity, dtype=np.int32)
+        self.pos = np.zeros(capacity, dtype=np.int32)
+        self.seq = np.zeros(capacity, dtype=np.int32)  # each row's one sequence id
+        self.n_seq_id = np.ones(capacity, dtype=np.int32)
+        self.logits = np.zeros(capacity, dtype=np.int8)
+        seq_id_p = ctypes.POINTER(C.llama_seq_id)
+        base = self.seq.ctypes.data
+        self._seq_ptrs = (seq_id_p * capacity)(*(ctypes.cast(base + 4 * i, seq_id_p) for i in range(capacity)))
+        self.struct = C.llama_batch(
+            n_tokens=0,
+            token=self.token.ctypes.data_as(ctypes.POINTER(C.llama_token)),
+            embd=None,
+            pos=self.pos.ctypes.data_as(ctypes.POINTER(C.llama_pos)),
+            n_seq_id=self.n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
+            seq_id=self._seq_ptrs,
+            logits=self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
+        )
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:

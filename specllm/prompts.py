@@ -88,6 +88,20 @@ BUILTIN_PROMPTS = (
 )
 
 
+# `specllm drafts`' built-in set: a little of what people ask a local model, each as (prompt,
+# rendered in the target's chat template?). Code completion and prose continue raw text; the
+# summary, the code request and the question are chat answers.
+DRAFTS_PROMPTS = (
+    ("import json\n\n\ndef load_settings(path, defaults=None):\n"
+     '    """Read a JSON settings file and return a dict, with `defaults` for missing keys."""\n', False),
+    ("The lighthouse had been dark for eleven years when Mara climbed its stairs again. She carried", False),
+    (f"{_RIVER_REPORT}\n\nSummarize the report above in three sentences for the town newsletter.", True),
+    ("Write a Python function that checks whether a string is a palindrome, ignoring case, spaces and "
+     "punctuation, with a short docstring.", True),
+    ("What is the difference between a list and a tuple in Python, and when would you use each?", True),
+)
+
+
 def load_prompts(path: Path, *, default_category: str = DEFAULT_CATEGORY) -> list[BenchPrompt]:
     """Prompts from a file: JSONL (a .jsonl/.json file, or lines of JSON objects) or plain text.
     A .gz file is read decompressed. Prompts without a "category" get `default_category`."""

@@ -281,7 +281,7 @@ def jsonl_input(draw) -> bytes:
 def test_no_exception_escapes_the_cli(tiny, args, prompt, stdin):
     paths = {name: str(getattr(tiny, name)) for name in TINY_NAMES} | {"missing": "/nonexistent/model.gguf"}
     args = [paths.get(a, a) for a in args]
-    # Without -n the default (256 tokens) would only make the fuzzing slower.
+    # Without -n a generation runs to a full context: that would only make the fuzzing slower.
     args = args if "-n" in args else [*args, "-n", "8"]
     result = generate("-m", tiny.target, *args, *([] if prompt is None else [prompt]), input=stdin)
     assert result.exit_code in (0, 1, 2, 130), (args, prompt, result.output)

@@ -180,6 +180,55 @@ def test_jsonl_lines_lacking_a_prompt_or_with_bad_overrides_get_error_objects(ti
     assert len(out[4]["tokens"]) == 2
 
 
+@pytest.mark.parametrize("mode", ["none", "ngram"])
+def test_jsonl_parallel_lines_share_rounds_and_come_out_in_input_order(tiny, mode):
+    prompts = ["the cat said that it was for you", "def add(a, b):", "one word: when", "she said there was",
+               "import os from"]
+    lines = [json.dumps({"prompt": p, "max_tokens": 4 + 5 * (i % 3)}) for i, p in enumerate(prompts)]
+    lines.insert(2, '{"prompt": "unterminated')
+    lines.append(json.dumps({"prompt": prompts[0], "max_tokens": 12, "temp": 0.8, "seed": 5}))
+    text = "\n".join(lines) + "\n"
+    alone = generate("-m", tiny.target, "--mode", mode, "--jsonl", "--no-stats", input=text)
+    shared = generate("-m", tiny.target, "--mode", mode, "--jsonl", "--parallel", 3, "--no-stats", input=text)
+    assert alone.exit_code == shared.exit_code == 1  # the bad line
+    out_alone = [json.loads(line) for line in alone.stdout.splitlines()]
+    out_shared = [json.loads(line) for line in shared.stdout.splitlines()]
+    assert [o["index"] for o in out_shared] == list(range(len(lines)))
+    assert "not JSON" in out_shared[2]["error"]
+    assert [o.get("tokens") for o in out_shared] == [o.get("tokens") for o in out_alone]
+    assert [o.get("finish_reason") for o in out_shared] == [o.get("finish_reason") for o in out_alone]
+
+
+def test_jsonl_parallel_a_failed_shared_decode_fails_its_lines_and_the_rest_go_on(tiny, monkeypatch):
+    from specllm.errors import DecodeError
+    from specllm.llama import Context
+
+    real, calls = Context.decode_now, []
+
+    def failing_once(self, rows):
+        calls.append(len(rows))
+        if len(calls) == 6:  # a round of both first lines, after their prompts
+            raise DecodeError("llama_decode failed: injected")
+        return real(self, rows)
+
+    monkeypatch.setattr(Context, "decode_now", failing_once)
+    lines = [json.dumps({"prompt": p, "max_tokens": 8}) for p in ("the cat said", "def add(a, b):", "one word")]
+    result = generate("-m", tiny.target, "--mode", "none", "--jsonl", "--parallel", 2, "--no-stats",
+                      input="\n".join(lines) + "\n")
+    assert result.exit_code == 1
+    out = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [o["index"] for o in out] == [0, 1, 2]
+    assert [o["finish_reason"] for o in out] == ["error", "error", "length"]
+    assert "injected" in out[0]["error"] and 0 < len(out[0]["tokens"]) < 8
+    assert len(out[2]["tokens"]) == 8
+
+
+def test_parallel_without_jsonl_is_a_usage_error(tiny):
+    result = generate("-m", tiny.target, "--parallel", 2, PROMPT)
+    assert result.exit_code == 2
+    assert "--jsonl" in result.output
+
+
 # -- help -------------------------------------------------------------------------------------
 
 

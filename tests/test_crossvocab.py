@@ -186,13 +186,13 @@ def test_the_drafts_cache_is_extended_not_re_prefilled(tiny, twin, monkeypatch, 
     prompt = " ".join(PROMPTS) + " and the cat said that it was for you, and " * 4
     with cross_vocab_engine(tiny, draft, k=k) as engine:
         decoded: list[int] = []
-        real_decode = engine.draft.decode
+        real_decode = engine.draft.sequence(0).decode  # what the drafter (and Context.decode) calls
 
         def counting_decode(tokens, **kwargs):
             decoded.append(len(tokens))
             return real_decode(tokens, **kwargs)
 
-        monkeypatch.setattr(engine.draft, "decode", counting_decode)
+        monkeypatch.setattr(engine.draft.sequence(0), "decode", counting_decode)
         request = Request(max_tokens=N_TOKENS)
         generation = engine.generate(engine.tokenize_prompt(prompt, request), request)
         drafter = generation.policy.drafter

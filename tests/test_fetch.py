@@ -263,12 +263,13 @@ def test_models_list_shows_qwen_and_cache_state(fake_index, registry_env, cli):
     assert "default" in result.stdout
 
     listed = json.loads(cli("list", "--json").stdout)
-    by_name = {m["name"]: m for m in listed["models"]}
+    by_name = {m["name"]: m for m in listed}
     assert by_name["fake-model"]["cached"] is False
+    assert by_name["fake-model"]["path"] is None and by_name["fake-model"]["vocab_id"] is None
     registry.resolve_model("fake-model")
-    by_name = {m["name"]: m for m in json.loads(cli("list", "--json").stdout)["models"]}
+    by_name = {m["name"]: m for m in json.loads(cli("list", "--json").stdout)}
     assert by_name["fake-model"]["cached"] is True
-    assert by_name["fake-model"]["file_path"].endswith("fake-model.gguf")
+    assert by_name["fake-model"]["path"].endswith("fake-model.gguf")
 
 
 def test_models_fetch_and_path(fake_index, registry_env, cli):

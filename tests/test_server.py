@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 
 import pytest
 
@@ -67,8 +68,10 @@ class LogRecords(logging.Handler):
         self.records.append(record)
 
 
-@pytest.fixture(scope="module")
-def live(tiny, tmp_path_factory):
+@pytest.fixture(scope="module", params=[1, 4], ids=["1-slot", "4-slots"])
+def live(tiny, tmp_path_factory, request):
+    """The server with one slot (requests one after another) and with four (issue 24: one
+    shared decode per round); every test runs on both."""
     logs = LogRecords()
     loggers = [logging.getLogger(name) for name in ("uvicorn", "specllm.server")]
     with pytest.MonkeyPatch.context() as mp:
@@ -76,7 +79,7 @@ def live(tiny, tmp_path_factory):
         for logger in loggers:
             logger.addHandler(logs)
         config = EngineConfig(target=str(tiny.target), draft=str(tiny.draft_copy), mode="auto", k=4, ctx_size=CTX,
-                              threads=1)
+                              threads=1, parallel=request.param)
         engine = Engine(config)
         state = ServerState(engine, model_name="tiny", defaults=Request(max_tokens=None), queue_size=QUEUE_SIZE)
         sock = bind_socket("127.0.0.1", 0)
@@ -252,9 +255,13 @@ def test_a_full_queue_answers_503_with_retry_after(live, expected):
     live.state.worker.queue_size = 1
     body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": LONG, "stream": True}
     try:
-        with live.http.stream("POST", "/v1/chat/completions", json=body) as running:
-            lines = running.iter_lines()  # kept: a dropped line iterator would close the connection
-            next(line for line in lines if '"content"' in line)  # it is generating
+        with ExitStack() as streams:
+            running = []
+            for _ in range(live.state.worker.n_slots):  # every slot generating
+                stream = streams.enter_context(live.http.stream("POST", "/v1/chat/completions", json=body))
+                lines = stream.iter_lines()  # kept: a dropped line iterator would close the connection
+                next(line for line in lines if '"content"' in line)
+                running.append((stream, lines))
             with ThreadPoolExecutor(1) as pool:
                 waiting = pool.submit(chat, live)
                 deadline = time.monotonic() + 5
@@ -265,10 +272,50 @@ def test_a_full_queue_answers_503_with_retry_after(live, expected):
                 assert refused.status_code == 503
                 assert int(refused.headers["retry-after"]) >= 1
                 assert refused.json()["error"]["code"] == "queue_full"
-                running.close()  # the waiting request now gets the engine
+                running[0][0].close()  # the waiting request now gets its slot
                 assert waiting.result(timeout=30).choices[0].message.content == expected["chat"]["text"]
     finally:
         live.state.worker.queue_size = QUEUE_SIZE
+
+
+def test_twelve_clients_on_four_slots_are_answered_in_turn(live):
+    if live.state.worker.n_slots != 4:
+        pytest.skip("four slots")
+    live.wait_idle()
+    prompts = PROMPTS + PROMPTS[:4]  # 12 clients: 4 generating + 8 waiting (QUEUE_SIZE) fit
+    alone = {p: complete(live, p).choices[0].text for p in PROMPTS}
+    before = live.metrics()
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        answers = list(pool.map(lambda p: complete(live, p).choices[0].text, prompts))
+    assert answers == [alone[p] for p in prompts]
+    after = live.metrics()
+    assert after["specllm_slots_total"] == 4
+    # Shared decodes: more rows than decodes, and some decodes of 4 rows or more.
+    decodes = after["specllm_batch_rows_count"] - before["specllm_batch_rows_count"]
+    rows = after["specllm_batch_rows_sum"] - before["specllm_batch_rows_sum"]
+    small = after['specllm_batch_rows_bucket{le="2"}'] - before['specllm_batch_rows_bucket{le="2"}']
+    assert rows > decodes and small < decodes
+    drafted = sum(v for k, v in after.items() if k.startswith("specllm_slot_drafted_tokens_total"))
+    assert drafted == sum(v for k, v in after.items() if k.startswith("specllm_drafted_tokens_total{"))
+    assert {k.split('slot="')[1][0] for k in after if k.startswith("specllm_slot_drafted")} == set("0123")
+
+
+def test_a_disconnect_frees_its_slot_and_the_others_answer_as_alone(live, expected):
+    live.wait_idle()
+    body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": LONG, "stream": True}
+    with ThreadPoolExecutor(1) as pool:
+        with live.http.stream("POST", "/v1/chat/completions", json=body) as response:
+            for line in response.iter_lines():
+                if '"content"' in line:
+                    break  # generating
+            other = pool.submit(chat, live)
+            time.sleep(0.2)  # the other request joins the shared rounds
+        # The stream is closed: its slot is free within a round or so.
+        deadline = time.monotonic() + 2
+        while live.http.get("/health").json()["slots_busy"] > 1:
+            assert time.monotonic() < deadline, "the dropped stream's slot was not freed"
+            time.sleep(0.01)
+        assert other.result(timeout=30).choices[0].message.content == expected["chat"]["text"]
 
 
 # -- bad requests ------------------------------------------------------------------------------------

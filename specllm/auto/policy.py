@@ -42,6 +42,7 @@ from ..drafting.base import NO_DRAFT, Draft, Drafter
 from ..sampling import DraftChooser
 from .acceptance import best_draft_length, draft_rates, expected_tokens, first_round_of_two
 from .contention import ContentionMeter, Span
+from .batch import in_batch
 from .costs import CostModel
 from .learned import MARGIN, Learned
 from .trace import RoundRecord, RoundTrace
@@ -84,7 +85,8 @@ class AutoPolicy:
         self.lookups = list(lookups)
         self.model = model
         self.k = max_k
-        self.costs = costs
+        # Prices as one sequence of a shared decode sees them (batch.py; alone: the CostModel's own).
+        self.costs = in_batch(costs)
         self.learned = learned or Learned()
         self.memory = memory  # earlier outputs: this generation's output is added at its end
         self.chat = chat  # the prompt is in the target's chat template
@@ -119,6 +121,15 @@ class AutoPolicy:
         )
         if self._model_ready:
             self.model.begin(prompt)
+
+    def share_round(self, rows_before: int) -> None:
+        """This round's decode also carries rows_before rows of other sequences (batch.py)."""
+        self.costs.rows_before = rows_before
+
+    @property
+    def round_costs(self) -> CostModel:
+        """The cost model a shared round's decode time is recorded in (once for all its sequences)."""
+        return self.costs.base
 
     def end(self, output: Sequence[int]) -> None:
         if self.memory is not None and output:

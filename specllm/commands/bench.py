@@ -20,7 +20,7 @@ from ..console import FetchBars, reported_errors, stderr, warn
 from ..errors import UsageError
 from ..prompts import BUILTIN_PROMPTS, load_prompts, select_prompts
 from ..options import (
-    FLAG, IO, MODELS, SAMPLING, SPECULATION, CrossVocabOpt, CtxSizeOpt, GpuLayersOpt, MaxTokensOpt,
+    FLAG, IO, MODELS, SAMPLING, SPECULATION, CrossVocabOpt, CtxSizeOpt, GpuLayersOpt, BenchMaxTokensOpt,
     ModelOpt, NgramOpt, RpcOpt, SeedOpt, TempOpt, ThreadsOpt, VerboseOpt,
 )
 from ..sampling import SamplingParams
@@ -30,7 +30,7 @@ PER_POSITION_SHOWN = 6
 
 DraftModelsOpt = Annotated[
     Optional[list[str]],
-    typer.Option("-md", "--draft-model", help="Draft GGUF (path or models.toml name); repeat to compare several.",
+    typer.Option("-md", "--draft-model", help="Draft GGUF (as -m: a path, a models.toml or local model name); repeat to compare several.",
                  show_default=False, metavar="GGUF", rich_help_panel=MODELS),
 ]
 
@@ -40,7 +40,7 @@ def bench(
     draft_models: DraftModelsOpt = None,
     ks: Annotated[str, typer.Option("-k", "--k", help="Draft lengths to sweep, comma-separated.", metavar="K,K,..",
                                     rich_help_panel=SPECULATION)] = "2,3,4,5,6,7,8",
-    max_tokens: MaxTokensOpt = 128,
+    max_tokens: BenchMaxTokensOpt = 128,
     prompts: Annotated[Optional[Path], typer.Option(
         "--prompts", help='Prompt file: text blocks separated by blank lines, or JSONL with "prompt" or Spec-Bench '
         '"turns" (first turn) and optional "category". Default: a small built-in set.', show_default=False,

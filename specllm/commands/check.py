@@ -22,8 +22,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 
 
 def check(
-    target: Annotated[str, typer.Argument(help="Target model: a registry name or a GGUF path.")],
-    draft: Annotated[str, typer.Argument(help="Draft model: a registry name or a GGUF path.")],
+    target: Annotated[str, typer.Argument(help="Target model: a registry or local model name (as -m) or a GGUF path.")],
+    draft: Annotated[str, typer.Argument(help="Draft model: a registry or local model name (as -m) or a GGUF path.")],
     json_: JsonOption = False,
     verbose: VerboseOpt = False,
 ) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -12,14 +14,16 @@ import typer
 from rich.markup import escape
 
 from .. import llama
-from ..config import DEFAULT_CTX_SIZE, check_positive, check_sampler, check_sampling, check_seed, engine_config
+from ..config import (
+    DEFAULT_CTX_SIZE, check_sampler, check_sampling, check_seed, engine_config, max_tokens_limit,
+)
 from ..console import EXIT_INTERRUPTED, FetchBars, reported_errors, silence_stdout, stderr, warn
 from ..engine import Engine, Request, with_overrides
 from ..errors import SpecllmError, UsageError
 from ..options import (
     FLAG, IO, CrossVocabOpt, CtxSizeOpt, DraftCtxSizeOpt, DraftGpuLayersOpt, DraftMaxOpt, DraftModelOpt,
-    DraftThreadsOpt, GpuLayersOpt, MaxTokensOpt, MemoryOpt, MinPOpt, ModelOpt, ModeOpt, NgramOpt, RpcOpt, SamplerOpt,
-    SeedOpt, TempOpt, ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt,
+    DraftThreadsOpt, GpuLayersOpt, MaxTokensOpt, MemoryOpt, MinPOpt, ModelOpt, ModeOpt, NgramOpt, ParallelOpt, RpcOpt,
+    SamplerOpt, SeedOpt, TempOpt, ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt,
 )
 from ..render import LiveDisplay, TextStream, acceptance_warning, stats_table
 from ..sampling import DEFAULT_SAMPLER, SamplingParams
@@ -38,7 +42,7 @@ def generate(
     mode: ModeOpt = None,
     draft_max: DraftMaxOpt = None,
     ngram: NgramOpt = None,
-    max_tokens: MaxTokensOpt = 256,
+    max_tokens: MaxTokensOpt = None,
     ctx_size: CtxSizeOpt = DEFAULT_CTX_SIZE,
     draft_ctx_size: DraftCtxSizeOpt = None,
     threads: ThreadsOpt = None,
@@ -72,6 +76,7 @@ def generate(
                                                   "acceptance against what the target accepted, one JSON line per "
                                                   "round (scripts/lookup-calibration calibration FILE reads it).",
                                                   metavar="FILE", rich_help_panel=IO)] = None,
+    parallel: ParallelOpt = 1,
     verbose: VerboseOpt = False,
 ) -> None:
     """Generate text from a prompt with speculative decoding.
@@ -85,10 +90,11 @@ def generate(
       cat notes.txt | specllm generate -m target.gguf "Summarize these notes."
       specllm generate -m target.gguf --json -n 64 "Hello" | jq .stats
       specllm generate -m target.gguf --jsonl < prompts.jsonl > results.jsonl
+      specllm generate -m target.gguf --jsonl --parallel 8 < prompts.jsonl > results.jsonl
     """
     with reported_errors(verbose):
         llama.set_verbose(verbose)
-        check_output_flags(json_=json_, jsonl=jsonl, prompt=prompt)
+        check_output_flags(json_=json_, jsonl=jsonl, prompt=prompt, parallel=parallel)
         request = build_request(max_tokens=max_tokens, temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
                                 chat=chat, ignore_eos=ignore_eos, truncate=truncate, sampler=sampler)
         # The prompt is read before models are resolved: an empty one must fail before a download.
@@ -97,7 +103,7 @@ def generate(
             model=model, draft_model=draft_model, mode=mode, k=draft_max, ngram=ngram, ctx_size=ctx_size,
             draft_ctx_size=draft_ctx_size, threads=threads, draft_threads=draft_threads, n_gpu_layers=n_gpu_layers,
             draft_n_gpu_layers=draft_n_gpu_layers, cross_vocab=cross_vocab, memory=memory, rpc=rpc,
-            progress=FetchBars(),
+            parallel=parallel, progress=FetchBars(),
         )
         if trace is not None and config.mode != "auto":
             raise UsageError("--trace records auto mode's rounds", hint="use --mode auto")
@@ -130,7 +136,9 @@ def traced(engine: Engine, path: Optional[Path]):
         engine.trace.close()
 
 
-def check_output_flags(*, json_: bool, jsonl: bool, prompt: Optional[str]) -> None:
+def check_output_flags(*, json_: bool, jsonl: bool, prompt: Optional[str], parallel: int = 1) -> None:
+    if parallel != 1 and not jsonl:
+        raise UsageError("--parallel runs several --jsonl lines at once: add --jsonl (one prompt is one sequence)")
     if json_ and jsonl:
         raise UsageError("--json and --jsonl cannot be used together (--jsonl already writes JSON)")
     if jsonl and prompt is not None:
@@ -139,9 +147,9 @@ def check_output_flags(*, json_: bool, jsonl: bool, prompt: Optional[str]) -> No
         raise UsageError("--jsonl reads JSON lines from stdin: pipe them in, e.g. < prompts.jsonl")
 
 
-def build_request(*, max_tokens: int, temp: float, top_k: int, top_p: float, min_p: float, seed: Optional[int],
+def build_request(*, max_tokens: Optional[int], temp: float, top_k: int, top_p: float, min_p: float, seed: Optional[int],
                   chat: bool, ignore_eos: bool, truncate: bool, sampler: Optional[str] = None) -> Request:
-    check_positive("--max-tokens", max_tokens, allow_zero=True)
+    max_tokens = max_tokens_limit("--max-tokens", max_tokens)
     check_sampling(temp, top_k, top_p, min_p)
     check_seed(seed)
     check_sampler(sampler)
@@ -271,40 +279,90 @@ def write_json_line(obj: dict) -> bool:
 
 
 def run_jsonl(engine: Engine, request: Request, *, show_stats: bool) -> None:
-    """One result line per input line; a bad line gets an error object and the rest go on.
+    """One result line per input line, in input order; a bad line gets an error object and the
+    rest go on. Up to engine.n_slots lines (--parallel) generate at once, one shared decode
+    per round (batch.py); a line starts as soon as a slot is free.
 
-    Exits 1 at the end when a line failed, 130 on Ctrl-C (the finished lines stay written).
+    Exits 1 at the end when a line failed, 130 on Ctrl-C (the finished lines stay written, and
+    the lines generating then are written as interrupted).
     """
-    n_lines = n_failed = 0
-    for index, raw in enumerate(stdin_lines()):
-        if not raw.strip():
-            continue
-        n_lines += 1
-        result, stop = run_jsonl_line(engine, request, index, raw)
-        n_failed += "error" in result
-        if not write_json_line(result):
-            return  # nobody reads the results any more
-        if show_stats and "stats" in result:
-            print_line_stats(index, result)
-        if isinstance(stop, KeyboardInterrupt):
-            raise_stop(stop)
-    if n_lines == 0:
+    from ..batch import Scheduler
+
+    scheduler = Scheduler(engine)
+    out = OrderedLines(show_stats)
+    start = time.perf_counter()
+    lines = ((index, raw) for index, raw in enumerate(stdin_lines()) if raw.strip())
+    more_lines = True
+    try:
+        while more_lines or scheduler.active:
+            while more_lines and scheduler.n_free:
+                index, raw = next(lines, (None, None))
+                if index is None:
+                    more_lines = False
+                    break
+                out.expect(index)
+                try:
+                    line_request, prompt = parse_jsonl_line(raw, request)
+                    scheduler.start(engine.tokenize_prompt(prompt, line_request), line_request, tag=index)
+                except SpecllmError as e:
+                    out.put(index, {"index": index, "error": e.message})
+            if scheduler.active:
+                try:
+                    for active, _ in scheduler.round():
+                        if active.finished:
+                            out.put(active.tag, {"index": active.tag, **result_object(active.generation)})
+                except SpecllmError as failure:  # a decode failed: the lines in it end with it
+                    for active in scheduler.drop_all("error"):
+                        out.put(active.tag, {"index": active.tag, **result_object(active.generation, failure)})
+            if not out.write_ready():
+                scheduler.drop_all("interrupted")
+                return  # nobody reads the results any more
+    except KeyboardInterrupt as stop:
+        for active in scheduler.drop_all("interrupted"):
+            out.put(active.tag, {"index": active.tag, **result_object(active.generation, stop)})
+        out.write_ready()
+        raise_stop(stop)
+    finally:
+        scheduler.close()
+    if show_stats and out.n_tokens:
+        seconds = time.perf_counter() - start
+        stderr.print(f"{out.n_lines} lines, {out.n_tokens} tokens in {seconds:.1f} s: "
+                     f"{out.n_tokens / seconds:.1f} tok/s over the batch ({engine.n_slots} at once)", markup=False)
+    if out.n_lines == 0:
         raise UsageError("standard input has no JSON lines",
                          hint='one object per line, e.g. {"prompt": "def add(a, b):"}')
-    if n_failed:
+    if out.n_failed:
         raise typer.Exit(1)
 
 
-def run_jsonl_line(engine: Engine, request: Request, index: int, raw: bytes) -> tuple[dict, Stop]:
-    """The result object of one input line, and what stopped its generation early (if anything)."""
-    try:
-        line_request, prompt = parse_jsonl_line(raw, request)
-        tokens = engine.tokenize_prompt(prompt, line_request)
-        generation = engine.generate(tokens, line_request)
-    except SpecllmError as e:
-        return {"index": index, "error": e.message}, None
-    stop = drain(generation)
-    return {"index": index, **result_object(generation, stop)}, stop
+class OrderedLines:
+    """Result lines written in input order: a line that finished early waits for the ones before it."""
+
+    def __init__(self, show_stats: bool):
+        self.show_stats = show_stats
+        self.order: collections.deque[int] = collections.deque()
+        self.results: dict[int, dict] = {}
+        self.n_lines = self.n_failed = self.n_tokens = 0
+
+    def expect(self, index: int) -> None:
+        self.order.append(index)
+        self.n_lines += 1
+
+    def put(self, index: int, result: dict) -> None:
+        self.results[index] = result
+        self.n_failed += "error" in result
+        self.n_tokens += len(result.get("tokens", ()))
+
+    def write_ready(self) -> bool:
+        """Write every result whose turn has come; False when stdout's reader has gone."""
+        while self.order and self.order[0] in self.results:
+            index = self.order.popleft()
+            result = self.results.pop(index)
+            if not write_json_line(result):
+                return False
+            if self.show_stats and "stats" in result:
+                print_line_stats(index, result)
+        return True
 
 
 def print_line_stats(index: int, result: dict) -> None:
@@ -331,10 +389,12 @@ def parse_jsonl_line(raw: bytes | str, request: Request) -> tuple[Request, str]:
         raise UsageError("not JSON: nested too deeply") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
         raise UsageError('each line needs a "prompt" string, e.g. {"prompt": "def add(a, b):"}')
-    line_request = with_overrides(request, _overrides(obj))
+    overrides = _overrides(obj)
+    if "max_tokens" in overrides:
+        overrides["max_tokens"] = max_tokens_limit("max_tokens", overrides["max_tokens"])
+    line_request = with_overrides(request, overrides)
     p = line_request.params
     check_sampling(p.temperature, p.top_k, p.top_p, p.min_p)
-    check_positive("max_tokens", line_request.max_tokens, allow_zero=True)
     check_seed(line_request.seed)
     check_sampler(line_request.sampler)
     return line_request, check_text_is_utf8(obj["prompt"], "the prompt")

@@ -18,8 +18,8 @@ from ..engine import Engine, Request
 from ..errors import UsageError
 from ..options import (
     CrossVocabOpt, CtxSizeOpt, DraftCtxSizeOpt, DraftGpuLayersOpt, DraftMaxOpt, DraftModelOpt, DraftThreadsOpt,
-    GpuLayersOpt, MemoryOpt, MinPOpt, ModelOpt, ModeOpt, NgramOpt, RpcOpt, SAMPLING, SamplerOpt, SeedOpt, TempOpt,
-    ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt,
+    GpuLayersOpt, MemoryOpt, MinPOpt, ModelOpt, ModeOpt, NgramOpt, ParallelOpt, RpcOpt, SAMPLING, SamplerOpt, SeedOpt,
+    TempOpt, ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt,
 )
 from .generate import build_request
 from ..server.worker import DEFAULT_QUEUE_SIZE
@@ -30,6 +30,9 @@ DEFAULT_PORT = 8080  # llama-server's and llama-cpp-python's default
 # On Ctrl-C, open streams get this long to end before the server stops.
 SHUTDOWN_GRACE_SECONDS = 5
 LOG_FORMAT = "%(levelname)s: %(message)s"
+# Slots by default: a few clients are served at once (a shared decode of 4 rows costs little
+# more than one on a CPU), as llama-server's default.
+DEFAULT_SLOTS = 4
 
 
 def serve(
@@ -64,14 +67,16 @@ def serve(
         "--api-key", help="Require 'Authorization: Bearer KEY' on every route but /health.", envvar="SPECLLM_API_KEY",
         show_default=False, metavar="KEY", rich_help_panel=SERVER)] = None,
     queue_size: Annotated[int, typer.Option(
-        "--queue-size", help="Requests that may wait while one generates; more are answered 503 with Retry-After.",
-        metavar="N", rich_help_panel=SERVER)] = DEFAULT_QUEUE_SIZE,
+        "--queue-size", help="Requests that may wait while every slot generates; more are answered 503 with "
+        "Retry-After.", metavar="N", rich_help_panel=SERVER)] = DEFAULT_QUEUE_SIZE,
+    parallel: ParallelOpt = DEFAULT_SLOTS,
     verbose: VerboseOpt = False,
 ) -> None:
     """Serve the models through an OpenAI-compatible API, with speculative decoding.
 
     POST /v1/chat/completions, /v1/completions; GET /v1/models, /health, /metrics (Prometheus).
-    One generation runs at a time; the other requests wait in a queue.
+    --parallel requests generate at once (slots, one shared decode per round, each slot with
+    its own --ctx-size); the others wait in a bounded queue.
     The sampling options are the defaults of requests that do not set their own.
     A request may also set "mode" and "k"; every response has a "speculative" field.
 
@@ -96,7 +101,7 @@ def serve(
                 model=model, draft_model=draft_model, mode=mode, k=draft_max, ngram=ngram, ctx_size=ctx_size,
                 draft_ctx_size=draft_ctx_size, threads=threads, draft_threads=draft_threads, n_gpu_layers=n_gpu_layers,
                 draft_n_gpu_layers=draft_n_gpu_layers, cross_vocab=cross_vocab, memory=memory, rpc=rpc,
-                progress=FetchBars(),
+                parallel=parallel, progress=FetchBars(),
             )
             with Engine(config) as engine:
                 for message in engine.warnings:
@@ -119,7 +124,9 @@ def run_server(engine: Engine, sock: socket.socket, *, defaults: Request, api_ke
     try:
         host, port = sock.getsockname()[:2]
         draft = f", draft {Path(config.draft).stem}" if engine.draft_model else ""
-        stderr.print(f"serving {state.model_name} (mode {config.mode}{draft}) on http://{_url_host(host)}:{port}/v1",
+        slots = f", {engine.n_slots} slots" if engine.n_slots > 1 else ""
+        stderr.print(f"serving {state.model_name} (mode {config.mode}{draft}{slots}) on "
+                     f"http://{_url_host(host)}:{port}/v1",
                      markup=False, highlight=False, soft_wrap=True)
         # No lifespan: the engine and its worker live here, outside the app.
         server = Server(state, uvicorn.Config(create_app(state), lifespan="off", log_config=log_config(verbose),

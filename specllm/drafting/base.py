@@ -13,7 +13,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from ..llama import Context, common_prefix_length
-from ..sampling import DraftChooser
+from ..sampling import DraftChooser, greedy
 
 
 @dataclass
@@ -40,6 +40,10 @@ class Draft:
 
 
 NO_DRAFT = Draft()
+
+# A teacher-forced decode asks for this many rows of logits at most: llama.cpp keeps a buffer of
+# rows x vocabulary floats (128 x 152k is 78 MB), and larger batches are no faster per token.
+LOGIT_ROWS_PER_DECODE = 128
 
 # Called after each drafted token with (position in the draft, draft's probability of the
 # token); returning False stops drafting. Auto mode uses it to stop when one more draft token
@@ -117,6 +121,24 @@ class ModelDrafter:
                 break
             logits = ctx.decode([token])[0]
         return draft
+
+    def greedy_choices(self, prompt: Sequence[int], output: Sequence[int]) -> list[int]:
+        """The token this drafter proposes at each position j of `output` when all of output[:j]
+        was accepted, greedily: one teacher-forced pass over prompt + output, logits for the
+        output's rows only (`specllm drafts`). A greedy draft continues only along accepted
+        tokens, so these choices decide every greedy round (see replay.py)."""
+        if not prompt or not output:
+            return []
+        ctx = self.context
+        tokens = self._readable([*prompt, *output[:-1]])
+        self._sync(tokens[: len(prompt) - 1])
+        rows = tokens[len(prompt) - 1 :]  # row i predicts output[i]
+        step = min(LOGIT_ROWS_PER_DECODE, ctx.n_batch)
+        choices: list[int] = []
+        for start in range(0, len(rows), step):
+            logits = ctx.decode(rows[start : start + step], all_logits=True)
+            choices.extend(greedy(self._restrict(row)) for row in logits)
+        return choices
 
     def _readable(self, tokens: Sequence[int]) -> list[int]:
         """A padded target vocabulary can emit ids the draft lacks (practically never): the draft

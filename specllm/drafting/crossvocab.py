@@ -217,17 +217,35 @@ class CrossVocabDrafter:
     def propose(
         self, history: Sequence[int], k: int, choose: DraftChooser, keep_drafting: KeepDrafting | None = None
     ) -> Draft:
-        if k <= 0:
-            return NO_DRAFT
+        found = self.propose_lengths(history, (k,), choose, keep_drafting).get(k)
+        return found[0] if found else NO_DRAFT
+
+    def propose_lengths(
+        self, history: Sequence[int], lengths: Sequence[int], choose: DraftChooser,
+        keep_drafting: KeepDrafting | None = None,
+    ) -> dict[int, tuple[Draft, int]]:
+        """For each k in `lengths`, (the draft `propose(history, k)` returns, the draft-model
+        decodes it took), from one pass of the draft model; a k that drafts nothing is left out.
+
+        Drafting for k stops at the first draft token after which the text holds k target
+        tokens, merges with the history, or reaches the draft-token limit of k. A pass for a
+        larger k goes through the same draft tokens first, so every shorter draft is read off
+        on the way (`specllm drafts` replays all its k at once). With the rejection sampler the
+        draws are those of the largest k.
+        """
+        lengths = sorted({k for k in lengths if k > 0})
+        if not lengths:
+            return {}
         self._sync(history)
         if incomplete_utf8_tail(self.text.data):
-            return NO_DRAFT  # the target is inside a character: only it can finish that
+            return {}  # the target is inside a character: only it can finish that
         if not self.draft_tokens:
-            return NO_DRAFT  # no text yet, and no BOS to start from
-        max_draft_tokens = MAX_DRAFT_TOKENS_PER_TARGET * (k + 1)
+            return {}  # no text yet, and no BOS to start from
         ctx = self.context
-        if len(self.draft_tokens) + max_draft_tokens > ctx.n_ctx:
-            return NO_DRAFT
+        room = ctx.n_ctx - len(self.draft_tokens)
+        pending = [k for k in lengths if MAX_DRAFT_TOKENS_PER_TARGET * (k + 1) <= room]
+        if not pending:
+            return {}
         logits = self._catch_up()
         tail = self.text.tail(TAIL_TARGET_TOKENS)
         want_confidence = keep_drafting is not None or choose.kind == "rejection"
@@ -236,7 +254,15 @@ class CrossVocabDrafter:
         draft_ends: list[int] = []  # end of each draft token's piece in `text`
         draft_probs: list[float] = []
         found: tuple[list[int], list[int]] | None = ([], [])
-        for i in range(max_draft_tokens):
+        # k -> (target tokens and their ends when drafting for k stopped, draft tokens by then, decodes)
+        stopped: dict[int, tuple[tuple[list[int], list[int]] | None, int, int]] = {}
+        decodes = 1  # the catch-up, then one per draft token that is not the last
+
+        def stop(ks: Sequence[int]) -> None:
+            for k in ks:
+                stopped[k] = (found, len(draft_ends), decodes)
+
+        for i in range(MAX_DRAFT_TOKENS_PER_TARGET * (pending[-1] + 1)):
             token, prob = self._choose(logits, choose, want_confidence)
             if self.draft_vocab.is_eog(token):
                 # The draft ended its text: its last target token is whole.
@@ -248,23 +274,19 @@ class CrossVocabDrafter:
             if len(text) - valid_utf8_length(bytes(text)) > 3:
                 break  # invalid UTF-8, not just an unfinished character: more text will not help
             found = proposable_tokens(self.target_vocab, tail, bytes(text))
-            if found is None or len(found[0]) >= k or i == max_draft_tokens - 1:
+            done = [k for k in pending
+                    if found is None or len(found[0]) >= k or i == MAX_DRAFT_TOKENS_PER_TARGET * (k + 1) - 1]
+            stop(done)
+            pending = [k for k in pending if k not in stopped]
+            if not pending:
                 break
             if keep_drafting is not None and not keep_drafting(i, prob):
                 break
             logits = ctx.decode([token])[0]
-
-        if found is None:
-            return NO_DRAFT  # the draft's text merges with the history's last token
-        tokens, ends = found[0][:k], found[1][:k]
-        if not tokens:
-            return NO_DRAFT
-        return Draft(
-            tokens=tokens,
-            probs=None,
-            source=SOURCE,
-            confidence=_target_token_confidence(ends, draft_ends, draft_probs),
-        )
+            decodes += 1
+        stop(pending)
+        return {k: (draft, n_decodes) for k, (at, n_draft, n_decodes) in stopped.items()
+                if (draft := _as_draft(at, k, draft_ends[:n_draft], draft_probs[:n_draft])) is not None}
 
     def _catch_up(self) -> np.ndarray:
         """Bring the draft's cache to draft_tokens; the logits after the last one."""
@@ -288,6 +310,18 @@ class CrossVocabDrafter:
         q = logits_to_probs(logits, choose.sampler.params)
         token = sample(q, choose.sampler.rng_draft)
         return token, float(q[token])
+
+
+def _as_draft(found: tuple[list[int], list[int]] | None, k: int, draft_ends: list[int],
+              draft_probs: list[float]) -> Draft | None:
+    """The draft of the first k target tokens found (None: nothing to propose)."""
+    if found is None:
+        return None  # the draft's text merges with the history's last token
+    tokens, ends = found[0][:k], found[1][:k]
+    if not tokens:
+        return None
+    return Draft(tokens=tokens, probs=None, source=SOURCE,
+                 confidence=_target_token_confidence(ends, draft_ends, draft_probs))
 
 
 def _target_token_confidence(target_ends: list[int], draft_ends: list[int], draft_probs: list[float]) -> list[float]:

@@ -3,6 +3,13 @@
 A model is named in models.toml (shipped with specllm) or in the user's own registry file
 (paths.user_registry_path), which adds entries or overrides keys of shipped ones. Nothing here
 touches the network or the model cache: see fetch.py for that.
+
+A pair's target and draft name any model reference: a model of the registry, a local store's
+reference (`ollama:qwen2.5:0.5b`, `hf:ORG/REPO:Q4_K_M`, see stores/) or a GGUF path. The
+`[local]` section names folders of GGUF files that `models list` and bare names also search:
+
+    [local]
+    paths = ["~/models", "/data/gguf"]   # relative paths are relative to the file
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ MODEL_KEYS = {
     "path", "hf_repo", "hf_file", "hf_sha256", "pypi_parts", "pypi_version",
 }  # fmt: skip
 PAIR_KEYS = {"description", "target", "draft", "mode", "k", "ngram_min", "ngram_max", "cross_vocab", "memory"}
+LOCAL_KEYS = {"paths"}
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,7 @@ class Registry:
     models: Mapping[str, ModelEntry]
     pairs: Mapping[str, Pair]
     files: tuple[Path, ...]  # the registry files read, shipped first
+    local_paths: tuple[Path, ...] = ()  # [local] paths: folders of GGUF files to list and search
 
     def model(self, name: str) -> ModelEntry:
         try:
@@ -135,11 +144,15 @@ def load_registry(user_file: Optional[Path] = None) -> Registry:
     models: dict[str, dict[str, Any]] = {}
     pairs: dict[str, dict[str, Any]] = {}
     origin: dict[tuple[str, str], Path] = {}
+    local_paths: list[Path] = []
     for file in files:
         data = _read_toml(file)
-        unknown_sections = set(data) - {"models", "pairs"}
+        unknown_sections = set(data) - {"models", "pairs", "local"}
         if unknown_sections:
-            raise RegistryError(f"{file}: unknown section [{sorted(unknown_sections)[0]}] (expected [models.NAME] or [pairs.NAME])")
+            raise RegistryError(
+                f"{file}: unknown section [{sorted(unknown_sections)[0]}] (expected [models.NAME], [pairs.NAME] or [local])"
+            )
+        local_paths += _parse_local(data.get("local", {}), file)
         for section, merged in (("models", models), ("pairs", pairs)):
             tables = data.get(section, {})
             if not isinstance(tables, dict):
@@ -161,7 +174,31 @@ def load_registry(user_file: Optional[Path] = None) -> Registry:
         name: _parse_pair(name, table, f"{origin['pairs', name]}: pairs.{name}", model_entries)
         for name, table in pairs.items()
     }
-    return Registry(models=model_entries, pairs=pair_entries, files=tuple(files))
+    return Registry(models=model_entries, pairs=pair_entries, files=tuple(files), local_paths=tuple(local_paths))
+
+
+def _parse_local(table: Any, file: Path) -> list[Path]:
+    where = f"{file}: [local]"
+    if not isinstance(table, dict):
+        raise RegistryError(f"{where} must be a table")
+    unknown = sorted(set(table) - LOCAL_KEYS)
+    if unknown:
+        raise RegistryError(f"{where}: unknown key '{unknown[0]}'", hint=f"known keys: {', '.join(sorted(LOCAL_KEYS))}")
+    folders = _take(table, "paths", list, where) or []
+    if not all(isinstance(p, str) and p for p in folders):
+        raise RegistryError(f"{where}: 'paths' must be a list of folder paths")
+    return [file.parent / Path(p).expanduser() for p in folders]
+
+
+def is_model_reference(value: str, models: Mapping[str, ModelEntry]) -> bool:
+    """A registry model, a well-formed store reference or a GGUF path (which need not exist yet)."""
+    from .stores import reference_parses, stores_for_reference
+
+    if value in models:
+        return True
+    if stores_for_reference(value) is not None:
+        return reference_parses(value)
+    return "/" in value or "\\" in value or value.lower().endswith(".gguf")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -241,8 +278,11 @@ def _parse_pair(name: str, table: dict[str, Any], where: str, models: Mapping[st
         model = _take(table, role, str, where)
         if not model:
             raise RegistryError(f"{where}: needs '{role}' (a model name)")
-        if model not in models:
-            raise RegistryError(f"{where}: {role} '{model}' is not a model in the registry")
+        if not is_model_reference(model, models):
+            raise RegistryError(
+                f"{where}: {role} '{model}' is not a model in the registry, a store reference or a GGUF path",
+                hint="e.g. a [models.NAME] of the registry, ollama:MODEL:TAG, hf:ORG/REPO:QUANT or /path/to/model.gguf",
+            )
         roles[role] = model
     return Pair(
         name=name,

@@ -63,7 +63,9 @@ class ServerState:
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(lambda: {"specllm_queue_waiting": self.worker.n_waiting,
-                                        "specllm_generating": int(self.worker.busy)})
+                                        "specllm_generating": self.worker.n_busy,
+                                        "specllm_slots_busy": self.worker.n_busy,
+                                        "specllm_slots_total": self.worker.n_slots})
         self.worker = EngineWorker(self.engine, self.metrics, queue_size=self.queue_size).start()
 
     def close(self) -> None:
@@ -121,12 +123,14 @@ async def models(state: ServerState, http: HttpRequest) -> Response:
     return JSONResponse({"object": "list", "data": [{
         "id": state.model_name, "object": "model", "created": state.started, "owned_by": "specllm",
         "specllm": {"mode": engine.mode, "k": engine.config.k, "ctx_size": engine.target.n_ctx,
+                    "parallel": engine.n_slots,
                     "draft": engine.draft_model.name if engine.draft_model else None},
     }]})
 
 
 async def health(state: ServerState, http: HttpRequest) -> Response:
-    return JSONResponse({"status": "ok", "generating": state.worker.busy, "waiting": state.worker.n_waiting})
+    return JSONResponse({"status": "ok", "generating": state.worker.busy, "waiting": state.worker.n_waiting,
+                         "slots_busy": state.worker.n_busy, "slots": state.worker.n_slots})
 
 
 async def metrics(state: ServerState, http: HttpRequest) -> Response:

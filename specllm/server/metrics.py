@@ -24,9 +24,17 @@ METRICS = (
     ("specllm_accepted_tokens_total", "counter", "Drafted tokens the target accepted, by drafter source."),
     ("specllm_prompt_seconds_total", "counter", "Seconds spent processing prompts (after KV cache reuse)."),
     ("specllm_decode_seconds_total", "counter", "Seconds spent generating, after the prompt."),
-    ("specllm_queue_waiting", "gauge", "Requests waiting for the engine."),
-    ("specllm_generating", "gauge", "Generations running (0 or 1: one engine, one generation at a time)."),
+    ("specllm_slot_drafted_tokens_total", "counter", "Tokens drafted, by slot and drafter source."),
+    ("specllm_slot_accepted_tokens_total", "counter",
+     "Drafted tokens the target accepted, by slot and drafter source."),
+    ("specllm_batch_rows", "histogram", "Rows (last tokens, drafts, prompt chunks) in each shared target decode."),
+    ("specllm_queue_waiting", "gauge", "Requests waiting for a free slot."),
+    ("specllm_generating", "gauge", "Generations running (at most --parallel: one per slot)."),
+    ("specllm_slots_busy", "gauge", "Slots generating."),
+    ("specllm_slots_total", "gauge", "Slots (--parallel): sequences decoded together."),
 )
+# Upper bounds of the batch-size histogram's buckets (rows per decode; n_batch is 512).
+BATCH_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 KNOWN_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
 
 
@@ -66,6 +74,18 @@ class Metrics:
         self._lock = threading.Lock()
         self._counters: dict[str, Counter] = {name: Counter() for name, kind, _ in METRICS if kind == "counter"}
         self._gauges = gauges
+        self._batch_rows = [0] * len(BATCH_ROWS_BUCKETS)  # decodes per bucket (not cumulative)
+        self._batch_rows_sum = self._batch_rows_count = 0
+
+    def observe_round(self, rows: int, seconds: float) -> None:
+        """One shared decode of `rows` rows (the scheduler's on_round)."""
+        with self._lock:
+            for i, bound in enumerate(BATCH_ROWS_BUCKETS):
+                if rows <= bound:
+                    self._batch_rows[i] += 1
+                    break
+            self._batch_rows_sum += rows
+            self._batch_rows_count += 1
 
     def count_request(self, path: str, status: int) -> None:
         endpoint = path if path in KNOWN_ENDPOINTS else "other"  # no label per unknown path
@@ -73,7 +93,7 @@ class Metrics:
             self._counters["specllm_requests_total"][(("endpoint", endpoint), ("status", str(status)))] += 1
 
     def count_generation(self, finish_reason: str, *, prompt_tokens: int, completion_tokens: int,
-                         tally: SourceTally | None) -> None:
+                         tally: SourceTally | None, slot: int | None = None) -> None:
         c = self._counters
         with self._lock:
             c["specllm_generations_total"][(("finish_reason", finish_reason),)] += 1
@@ -87,6 +107,11 @@ class Metrics:
                 c["specllm_drafted_tokens_total"][(("source", source),)] += n
             for source, n in tally.accepted.items():
                 c["specllm_accepted_tokens_total"][(("source", source),)] += n
+            if slot is not None:
+                for source, n in tally.drafted.items():
+                    c["specllm_slot_drafted_tokens_total"][(("slot", str(slot)), ("source", source))] += n
+                for source, n in tally.accepted.items():
+                    c["specllm_slot_accepted_tokens_total"][(("slot", str(slot)), ("source", source))] += n
             c["specllm_prompt_seconds_total"][()] += tally.stats.prompt_seconds
             c["specllm_decode_seconds_total"][()] += tally.stats.decode_seconds
 
@@ -99,12 +124,25 @@ class Metrics:
                 if kind == "gauge":
                     lines.append(f"{name} {_number(gauges.get(name, 0))}")
                     continue
+                if kind == "histogram":
+                    lines += self._histogram_lines(name)
+                    continue
                 samples = self._counters[name]
                 if not samples and name in _UNLABELLED:
                     samples = {(): 0}  # a total that is still zero is still a total
                 for labels, value in sorted(samples.items()):
                     lines.append(f"{name}{_labels(labels)} {_number(value)}")
         return "\n".join(lines) + "\n"
+
+    def _histogram_lines(self, name: str) -> list[str]:
+        lines, cumulative = [], 0
+        for bound, n in zip(BATCH_ROWS_BUCKETS, self._batch_rows):
+            cumulative += n
+            lines.append(f'{name}_bucket{{le="{bound}"}} {cumulative}')
+        lines.append(f'{name}_bucket{{le="+Inf"}} {self._batch_rows_count}')
+        lines.append(f"{name}_sum {self._batch_rows_sum}")
+        lines.append(f"{name}_count {self._batch_rows_count}")
+        return lines
 
 
 _UNLABELLED = ("specllm_prompt_tokens_total", "specllm_generated_tokens_total", "specllm_prompt_seconds_total",

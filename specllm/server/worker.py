@@ -1,10 +1,11 @@
-"""One engine, one generation at a time: a thread runs the queued jobs in order.
+"""One engine, several generations at once: a thread runs the scheduler's rounds (batch.py).
 
-Each job reports to the event loop that submitted it through an asyncio queue of messages:
-("start", cached_prompt_tokens), then ("text", str)..., then ("done", Outcome) or
-("error", SpecllmError). A job whose client went away is withdrawn: dropped from the queue,
-or, when running, its generation is closed after the current round (Generation leaves the
-contexts consistent for the next one).
+Each request is a Job. It waits in a bounded queue until a slot is free, then generates in
+that slot, every slot's rows in one shared decode per round. Each job reports to the event
+loop that submitted it through an asyncio queue of messages: ("start", cached_prompt_tokens),
+then ("text", str)..., then ("done", Outcome) or ("error", SpecllmError). A job whose client
+went away is withdrawn: dropped from the queue, or, when generating, dropped from its slot
+before the next round (so its slot is free within one round).
 """
 
 from __future__ import annotations
@@ -17,16 +18,16 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..batch import Active, Scheduler
 from ..engine import Engine, Request
 from ..errors import SpecllmError
-from ..llama import common_prefix_length
 from ..stats import SpecStats
 from .metrics import Metrics, SourceTally
 from .text import ResponseText
 
 log = logging.getLogger("specllm.server")
 
-# Requests that may wait while one generates; more get 503 + Retry-After (a client is better
+# Requests that may wait while every slot generates; more get 503 + Retry-After (a client is better
 # told to come back than left waiting minutes).
 DEFAULT_QUEUE_SIZE = 16
 # Retry-After for a full queue: the expected wait, from recent requests' durations, in bounds a
@@ -69,13 +70,27 @@ class Job:
             self.cancelled.set()
 
 
+@dataclass
+class Running:
+    """A job generating in a slot, and what its answer has released so far."""
+
+    job: Job
+    active: Active
+    text: ResponseText
+    tally: SourceTally
+    started: float = field(default_factory=time.perf_counter)
+    n_tokens: int = 0
+
+
 class EngineWorker:
     def __init__(self, engine: Engine, metrics: Metrics, *, queue_size: int):
         self.engine = engine
         self.metrics = metrics
         self.queue_size = queue_size
+        self.scheduler = Scheduler(engine, on_round=metrics.observe_round)
         self._waiting: deque[Job] = deque()
-        self._running: Optional[Job] = None
+        self._running: dict[int, Running] = {}  # by slot; only the worker thread changes it
+        self._n_busy = 0  # slots taken, as the event loop may read it (under the lock)
         self._cond = threading.Condition()
         self._closing = False
         self._mean_seconds = 1.0
@@ -87,18 +102,22 @@ class EngineWorker:
 
     # -- the event loop's side ----------------------------------------------------------------
 
+    @property
+    def n_slots(self) -> int:
+        return self.engine.n_slots
+
     def submit(self, job: Job) -> None:
         with self._cond:
             if self._closing:
                 raise ShuttingDown()
-            # queue_size jobs may wait while one runs.
-            if len(self._waiting) + (self._running is not None) > self.queue_size:
+            # Free slots take jobs at once; beyond them, queue_size jobs may wait.
+            if len(self._waiting) >= self.n_slots - self._n_busy + self.queue_size:
                 raise QueueFull()
             self._waiting.append(job)
             self._cond.notify()
 
     def withdraw(self, job: Job) -> None:
-        """The client went away: drop the job, or stop its generation after the current round."""
+        """The client went away: drop the job, or free its slot before the next round."""
         job.cancelled.set()
         with self._cond:
             if job in self._waiting:
@@ -109,22 +128,25 @@ class EngineWorker:
         return len(self._waiting)
 
     @property
+    def n_busy(self) -> int:
+        return self._n_busy
+
+    @property
     def busy(self) -> bool:
-        return self._running is not None
+        return self._n_busy > 0
 
     def retry_after(self) -> int:
-        expected = self._mean_seconds * (len(self._waiting) + 1)
+        # The queue drains n_slots jobs at a time.
+        expected = self._mean_seconds * (len(self._waiting) / self.n_slots + 1)
         return int(min(RETRY_AFTER_MAX_SECONDS, max(RETRY_AFTER_MIN_SECONDS, expected + 0.999)))
 
     def stop(self) -> None:
-        """Stop taking jobs, stop the running generation, tell every client the server is
+        """Stop taking jobs, stop the running generations, tell every client the server is
         going away. Does not wait for the thread (the event loop calls it)."""
         with self._cond:
             self._closing = True
             waiting, self._waiting = list(self._waiting), deque()
-            if self._running is not None:
-                self._running.cancelled.set()
-            self._cond.notify_all()
+            self._cond.notify_all()  # the worker ends the running generations before its next round
         for job in waiting:
             job.send("error", ShuttingDown())
 
@@ -136,72 +158,91 @@ class EngineWorker:
     # -- the worker thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._waiting and not self._closing:
-                    self._cond.wait()
-                if self._closing:
-                    return
-                job = self._running = self._waiting.popleft()
-            started = time.perf_counter()
-            try:
-                self._run_job(job)
-            except Exception as e:  # a bug: one line for the log, an error for the client, go on
-                log.error("internal error in a generation: %s: %s", type(e).__name__, e)
-                job.send("error", e)
-            finally:
+        try:
+            while True:
                 with self._cond:
-                    self._running = None
-                seconds = time.perf_counter() - started
-                self._mean_seconds += DURATION_SMOOTHING * (seconds - self._mean_seconds)
+                    while not self._waiting and not self._running and not self._closing:
+                        self._cond.wait()
+                    if self._closing:
+                        return
+                    admitted = [self._waiting.popleft() for _ in range(min(len(self._waiting), self.scheduler.n_free))]
+                    self._n_busy = self.scheduler.n_busy + len(admitted)
+                for job in admitted:
+                    self._start(job)
+                for running in list(self._running.values()):
+                    if running.job.cancelled.is_set():
+                        self.scheduler.drop(running.active, "cancelled")
+                        self._finish(running, "cancelled")
+                if self._running:
+                    self._round()
+                with self._cond:
+                    self._n_busy = self.scheduler.n_busy
+        finally:
+            for running in list(self._running.values()):
+                self.scheduler.drop(running.active, "cancelled")
+                self._finish(running, "cancelled")
+            self.scheduler.close()
 
-    def _run_job(self, job: Job) -> None:
+    def _start(self, job: Job) -> None:
         if job.cancelled.is_set():
             return
-        cached = common_prefix_length(self.engine.target.tokens, job.tokens[:-1])
         try:
-            generation = self.engine.generate(job.tokens, job.request)
-        except SpecllmError as e:
+            active = self.scheduler.start(job.tokens, job.request, tag=id(job))
+        except Exception as e:  # a bad request (SpecllmError), or a bug: an error for its client, go on
+            if not isinstance(e, SpecllmError):
+                log.error("internal error starting a generation: %s: %s", type(e).__name__, e)
             self.metrics.count_generation("error", prompt_tokens=len(job.tokens), completion_tokens=0, tally=None)
             job.send("error", e)
             return
-        job.send("start", cached)
-        text = ResponseText(job.request.stop)
-        tally = SourceTally(generation.stats)
-        events = iter(generation)
-        n_tokens, finish, failure = 0, None, None
+        job.send("start", active.cached_tokens)
+        stats = active.generation.stats
+        self._running[active.slot] = Running(job, active, ResponseText(job.request.stop), SourceTally(stats))
+
+    def _round(self) -> None:
         try:
+            results = self.scheduler.round()
+        except Exception as failure:  # a decode failed: every generation in the round ends with it
+            if not isinstance(failure, SpecllmError):  # a bug: one line for the log, an error for the clients
+                log.error("internal error in a generation: %s: %s", type(failure).__name__, failure)
+            self.scheduler.drop_all("error")
+            for running in list(self._running.values()):
+                self._finish(running, "error", failure)
+            return
+        for active, events in results:
+            running = self._running[active.slot]
+            text = running.text
             for event in events:
-                n_tokens += 1
-                tally.update()
+                running.n_tokens += 1
                 released = text.feed(event.piece)
                 if released:
-                    job.send("text", released)
+                    running.job.send("text", released)
                 if text.stopped:
-                    finish = "stop"
                     break
-                if job.cancelled.is_set():
-                    finish = "cancelled"
-                    break
-        except SpecllmError as e:  # a decode failed mid-generation
-            failure = e
-        finally:
-            events.close()  # stops the generation after the current round, contexts consistent
-            tally.update()
-        if failure is None and finish is None:
-            tail = text.finish()
-            if tail:
-                job.send("text", tail)
-            finish = "stop" if text.stopped else (generation.finish_reason or "stop")
+            running.tally.update()
+            if text.stopped:
+                self.scheduler.drop(active, "stop")
+                self._finish(running, "stop")
+            elif active.finished:
+                tail = text.finish()
+                if tail:
+                    running.job.send("text", tail)
+                self._finish(running, "stop" if text.stopped else (active.generation.finish_reason or "stop"))
+
+    def _finish(self, running: Running, finish: str, failure: Optional[BaseException] = None) -> None:
+        job, generation = running.job, running.active.generation
+        del self._running[running.active.slot]
+        self._mean_seconds += DURATION_SMOOTHING * (time.perf_counter() - running.started - self._mean_seconds)
         self.metrics.count_generation("error" if failure else finish, prompt_tokens=len(job.tokens),
-                                      completion_tokens=n_tokens, tally=tally)
+                                      completion_tokens=running.n_tokens, tally=running.tally,
+                                      slot=running.active.slot)
         if finish == "cancelled":
             why = "the server is stopping" if self._closing else "its client went away"
-            log.info("generation stopped after %d tokens: %s", n_tokens, why)
+            log.info("generation stopped after %d tokens: %s", running.n_tokens, why)
         if failure is not None:  # the client's side logs it, with the request
             job.send("error", failure)
             return
         if finish == "cancelled" and self._closing:
             job.send("error", ShuttingDown())
             return
-        job.send("done", Outcome(finish, len(job.tokens), n_tokens, cached, generation.stats))
+        job.send("done", Outcome(finish, len(job.tokens), running.n_tokens, running.active.cached_tokens,
+                                 generation.stats))
