@@ -65,6 +65,7 @@ class EngineConfig:
     # a server), True also on disk between runs, False not at all.
     memory: Optional[bool] = None
     rpc: tuple[str, ...] = ()  # llama.cpp RPC workers ("host:port") holding the target's layers
+    draft_lora: Optional[str] = None  # a GGUF LoRA adapter applied to the draft (specllm tune-draft)
 
 
 
@@ -156,7 +157,9 @@ def resolve_models(
         pair, target_path, draft_path = registry.resolve_pair(progress=progress)
         draft = str(registry.resolve_model(draft_model, progress=progress)) if draft_model else str(draft_path)
         settings = {"mode": pair.mode, "k": pair.k, "cross_vocab": pair.cross_vocab, "ngram_sizes": pair.ngram_sizes,
-                    "memory": pair.memory}
+                    "memory": pair.memory,
+                    # The pair's adapter belongs to the pair's draft: another -md does not take it.
+                    "draft_lora": None if draft_model else pair.draft_lora}
         return str(target_path), draft, {key: value for key, value in settings.items() if value is not None}
     target = str(registry.resolve_model(model, progress=progress))
     draft = str(registry.resolve_model(draft_model, progress=progress)) if draft_model else None
@@ -180,6 +183,7 @@ def engine_config(
     memory: Optional[bool] = None,
     rpc: Optional[str] = None,
     progress: FetchProgress = SILENT,
+    draft_lora: Optional[str] = None,
 ) -> EngineConfig:
     """Check the options, resolve the models (fetching them on first use) and apply the precedence."""
     check_mode(mode)
@@ -194,6 +198,8 @@ def engine_config(
         n_gpu_layers = -1  # --rpc is for the target's layers: -ngl 0 would keep them all here
     # Before anything is fetched: without -m the default pair brings its draft.
     check_draft_for_mode(mode, has_draft=draft_model is not None or model is None)
+    if draft_lora and draft_model is None and model is not None:
+        raise UsageError("--draft-lora needs a draft model (-md)")
     target, draft, pair_settings = resolve_models(model, draft_model, progress=progress)
     # A user's models.toml can say anything: its settings pass the options' checks.
     check_mode(pair_settings.get("mode"), "the pair's 'mode' in models.toml")
@@ -214,4 +220,5 @@ def engine_config(
         cross_vocab=cross_vocab or bool(pair_settings.get("cross_vocab")),
         memory=memory if memory is not None else pair_settings.get("memory"),
         rpc=endpoints,
+        draft_lora=draft_lora or pair_settings.get("draft_lora"),
     )

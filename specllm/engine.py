@@ -52,12 +52,15 @@ class Request:
 class Engine:
     def __init__(self, config: EngineConfig, *, warnings: Optional[list[str]] = None):
         check_draft_for_mode(config.mode, has_draft=bool(config.draft))
+        if config.draft_lora and not config.draft:
+            raise UsageError("--draft-lora needs a draft model (-md)")
         self.config = config
         self.warnings: list[str] = warnings if warnings is not None else []
         self.target_model: Optional[llama.Model] = None
         self.target: Optional[llama.Context] = None
         self.draft_model: Optional[llama.Model] = None
         self.draft: Optional[llama.Context] = None
+        self.draft_lora: Optional[llama.LoraAdapter] = None  # --draft-lora, applied to `draft`
         self.compatibility: Optional[Compatibility] = None  # None: no draft, or --cross-vocab
         # Auto mode's knowledge, made on first use (see _prepare_auto).
         self.costs = None
@@ -109,6 +112,9 @@ class Engine:
             n_ctx=cfg.draft_ctx_size or cfg.ctx_size,
             n_threads=cfg.draft_threads or cfg.threads,
         )
+        if cfg.draft_lora:
+            self.draft_lora = llama.LoraAdapter(self.draft_model, cfg.draft_lora)
+            llama.set_lora(self.draft, self.draft_lora)
 
     @property
     def mode(self) -> str:
@@ -237,7 +243,7 @@ class Engine:
         """A generation to iterate. Without a seed one is drawn, and reported (generation.seed)
         so that a sampled run can be replayed."""
         seed = request.seed if request.seed is not None else secrets.randbits(32)
-        return Generation(
+        generation = Generation(
             self.target,
             self.make_policy(request, prompt),
             prompt,
@@ -245,16 +251,19 @@ class Engine:
             max_tokens=request.max_tokens,
             ignore_eos=request.ignore_eos,
         )
+        if self.draft_lora is not None and generation.stats.mode in ("draft", "auto"):
+            generation.stats.draft_lora = self.draft_lora.name
+        return generation
 
     def close(self) -> None:
         if self._profile_key and self.learned is not None and self.learned.rounds:
             self._save_auto_profile()
         if self.memory is not None and self._memory_file is not None and len(self.memory):
             self.memory.save(self._memory_file)
-        for obj in (self.draft, self.target, self.draft_model, self.target_model):
+        for obj in (self.draft, self.draft_lora, self.target, self.draft_model, self.target_model):
             if obj is not None:
                 obj.close()
-        self.draft = self.target = self.draft_model = self.target_model = None
+        self.draft = self.draft_lora = self.target = self.draft_model = self.target_model = None
 
     def __enter__(self) -> "Engine":
         return self

@@ -27,7 +27,8 @@ MODEL_KEYS = {
     "description", "file", "family", "size", "sha256",
     "path", "hf_repo", "hf_file", "hf_sha256", "pypi_parts", "pypi_version",
 }  # fmt: skip
-PAIR_KEYS = {"description", "target", "draft", "mode", "k", "ngram_min", "ngram_max", "cross_vocab", "memory"}
+PAIR_KEYS = {"description", "target", "draft", "mode", "k", "ngram_min", "ngram_max", "cross_vocab", "memory",
+             "draft_lora"}
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class Pair:
     ngram_max: Optional[int] = None
     cross_vocab: bool = False
     memory: Optional[bool] = None  # keep earlier outputs on disk between runs (auto mode)
+    draft_lora: Optional[str] = None  # a GGUF LoRA adapter for the draft (specllm tune-draft)
 
     @property
     def ngram_sizes(self) -> Optional[tuple[int, ...]]:
@@ -255,4 +257,5 @@ def _parse_pair(name: str, table: dict[str, Any], where: str, models: Mapping[st
         ngram_max=_take(table, "ngram_max", int, where),
         cross_vocab=bool(_take(table, "cross_vocab", bool, where)),
         memory=_take(table, "memory", bool, where),
+        draft_lora=_take(table, "draft_lora", str, where),
     )
