@@ -500,8 +500,12 @@ class LoraAdapter:
         _log_tail.clear()
         ptr = C.llama_adapter_lora_init(model._ptr, str(self.path).encode())
         if not ptr:
+            reason = _llama_failure_reason()
+            if "arch mismatch" in reason:
+                arch = model.metadata("general.architecture")
+                reason = f"the adapter is for another architecture than the draft's ({arch})"
             raise ModelLoadError(
-                f"cannot apply LoRA adapter {self.path.name} to {model.name}: {_llama_failure_reason()}",
+                f"cannot apply LoRA adapter {self.path.name} to {model.name}: {reason}",
                 hint="an adapter applies only to the model it was trained for (specllm tune-draft)",
             )
         self._ptr = ptr

@@ -183,7 +183,7 @@ def _print_report(report) -> None:
                                                                 if report.merged else ""))
     check = report.logits_check
     stderr.print(f"torch vs llama.cpp logits: max |diff| {check['max_abs_diff']:.3g} over {check['tokens']} tokens "
-                 f"({check['relative_diff']:.3f} of their spread), argmax agreement {check['argmax_agreement']:.0%}")
+                 f"({check['relative_diff']:.2g} of their spread), argmax agreement {check['argmax_agreement']:.0%}")
     before, after = report.losses_before, report.losses_after
     stderr.print(f"KL to the target (train / held-out): {before['train']['kl']:.3f} / {before['eval']['kl']:.3f} "
                  f"before, {after['train']['kl']:.3f} / {after['eval']['kl']:.3f} after; {report.steps} steps on "

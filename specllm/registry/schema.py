@@ -150,9 +150,10 @@ def load_registry(user_file: Optional[Path] = None) -> Registry:
                 where = f"{file}: {section}.{name}"
                 if not isinstance(table, dict):
                     raise RegistryError(f"{where} must be a table")
-                if "path" in table and isinstance(table["path"], str):
-                    # A relative path means relative to the file that names it.
-                    table = {**table, "path": str(file.parent / Path(table["path"]).expanduser())}
+                for key in ("path", "draft_lora"):
+                    if key in table and isinstance(table[key], str):
+                        # A relative path means relative to the file that names it.
+                        table = {**table, key: str(file.parent / Path(table[key]).expanduser())}
                 # Keys given later (the user's file) replace the same keys given earlier.
                 merged[name] = {**merged.get(name, {}), **table}
                 origin[section, name] = file
