@@ -143,6 +143,7 @@ def tune(s: TuneSettings, progress: TuneProgress = TuneProgress()) -> TuneReport
         torch.set_num_threads(s.threads)
     report.device = pick_device(torch, s.device)
     progress.phase("loading the draft into PyTorch")
+    torch.manual_seed(s.train.seed)  # the adapter's initial A: the same run, the same adapter
     model = DraftModel(weights, rank=s.train.rank, alpha=s.train.alpha, device=report.device)
     guard_sample = train_set[0] if train_set else samples[0]
     report.logits_check = check_forward(model, s.draft, guard_sample.prompt + guard_sample.output,

@@ -120,11 +120,32 @@ class Checkpoint:
 
 
 def checkpoint_identity(s: TrainSettings, draft_name: str, samples: Sequence[Sample]) -> dict:
-    return {"version": CHECKPOINT_VERSION, "settings": asdict(s), "draft": draft_name,
+    """What a checkpoint must share with a run to be resumed by it. Not the length of the run: the
+    schedule of more epochs starts with that of fewer, so a rerun with more --epochs trains on."""
+    settings = {k: v for k, v in asdict(s).items() if k not in ("epochs", "max_steps")}
+    return {"version": CHECKPOINT_VERSION, "settings": settings, "draft": draft_name,
             "samples": [list(sample.key) for sample in samples]}
 
 
 CHECKPOINT_EVERY_SECONDS = 60.0  # an interruption loses at most a minute of training
+
+
+def _step(model: DraftModel, optimizer: torch.optim.Optimizer, batch: Sequence[Sample], s: TrainSettings) -> StepReport:
+    """One optimiser step on a batch: the token-weighted mean loss of its samples."""
+    began = time.perf_counter()
+    optimizer.zero_grad()
+    n_tokens = sum(len(sample.output) for sample in batch)
+    kl_sum = ce_sum = 0.0
+    for sample in batch:
+        kl, ce = sample_losses(model, sample)
+        weight = len(sample.output) / n_tokens
+        ((kl + s.ce_weight * ce) * weight).backward()
+        kl_sum += kl.item() * weight
+        ce_sum += ce.item() * weight
+    optimizer.step()
+    seconds = time.perf_counter() - began
+    return StepReport(0, 0, kl_sum + s.ce_weight * ce_sum, kl_sum, ce_sum, n_tokens,
+                      n_tokens / seconds if seconds > 0 else 0.0)
 
 
 def train(model: DraftModel, samples: Sequence[Sample], s: TrainSettings, checkpoint: Optional[Checkpoint] = None,
@@ -133,27 +154,21 @@ def train(model: DraftModel, samples: Sequence[Sample], s: TrainSettings, checkp
     samples = [sample for sample in samples if sample.output]
     if not samples:
         raise TuneError("no training sample has any output token", hint="raise --max-tokens or check the prompts")
-    torch.manual_seed(s.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0)
     batches = schedule(len(samples), s)
     start = checkpoint.load(model, optimizer) if checkpoint else 0
-    last_save = time.monotonic()
-    for step in range(start, len(batches)):
-        began = time.perf_counter()
-        optimizer.zero_grad()
-        n_tokens = sum(len(samples[i].output) for i in batches[step])
-        totals = [0.0, 0.0]
-        for i in batches[step]:
-            kl, ce = sample_losses(model, samples[i])
-            weight = len(samples[i].output) / n_tokens  # a token-weighted mean over the batch
-            ((kl + s.ce_weight * ce) * weight).backward()
-            totals[0] += kl.item() * weight
-            totals[1] += ce.item() * weight
-        optimizer.step()
-        seconds = time.perf_counter() - began
-        on_step(StepReport(step + 1, len(batches), totals[0] + s.ce_weight * totals[1], totals[0], totals[1],
-                           n_tokens, n_tokens / seconds if seconds > 0 else 0.0))
-        if checkpoint and (time.monotonic() - last_save > CHECKPOINT_EVERY_SECONDS or step + 1 == len(batches)):
-            checkpoint.save(model, optimizer, step + 1)
-            last_save = time.monotonic()
+    completed, last_save = start, time.monotonic()
+    try:
+        for step in range(start, len(batches)):
+            report = _step(model, optimizer, [samples[i] for i in batches[step]], s)
+            completed = step + 1
+            report.step, report.total_steps = completed, len(batches)
+            on_step(report)
+            if checkpoint and (time.monotonic() - last_save > CHECKPOINT_EVERY_SECONDS or completed == len(batches)):
+                checkpoint.save(model, optimizer, completed)
+                last_save = time.monotonic()
+    except KeyboardInterrupt:
+        if checkpoint and completed > start:  # keep the steps done: a rerun resumes after them
+            checkpoint.save(model, optimizer, completed)
+        raise
     return len(batches) - start
