@@ -182,8 +182,9 @@ def _print_report(report) -> None:
     stderr.print(f"adapter: {escape(report.adapter or '-')}" + (f"; merged draft: {escape(report.merged)}"
                                                                 if report.merged else ""))
     check = report.logits_check
-    stderr.print(f"torch vs llama.cpp logits: max |diff| {check['max_abs_diff']:.3g} over {check['tokens']} tokens "
-                 f"({check['relative_diff']:.2g} of their spread), argmax agreement {check['argmax_agreement']:.0%}")
+    stderr.print(f"torch vs llama.cpp logits over {check['tokens']} tokens: max |diff| {check['max_abs_diff']:.3g}, "
+                 f"mean {check['mean_abs_diff']:.3g} (of a spread of {check['logit_std']:.3g}), "
+                 f"argmax agreement {check['argmax_agreement']:.0%}")
     before, after = report.losses_before, report.losses_after
     stderr.print(f"KL to the target (train / held-out): {before['train']['kl']:.3f} / {before['eval']['kl']:.3f} "
                  f"before, {after['train']['kl']:.3f} / {after['eval']['kl']:.3f} after; {report.steps} steps on "
