@@ -203,7 +203,9 @@ class Engine:
         cfg = self.config
         key = "|".join(str(x) for x in (
             self.target_model.name, self.target_model.size_bytes, cfg.threads or os.cpu_count(), cfg.n_gpu_layers,
-            self.draft_model.name if self.draft_model else "-", cfg.draft_threads, cfg.draft_n_gpu_layers,
+            # An adapter changes what the draft is worth: its verdict is kept apart.
+            (self.draft_model.name + (f"+{self.draft_lora.name}" if self.draft_lora else "")) if self.draft_model
+            else "-", cfg.draft_threads, cfg.draft_n_gpu_layers,
             ",".join(cfg.rpc) or "local",
         ))
         self._profile_key = key

@@ -136,6 +136,8 @@ def tune(s: TuneSettings, progress: TuneProgress = TuneProgress()) -> TuneReport
     samples = make_data(s, train_prompts, eval_prompts, progress)
     train_set = [x for x in samples if x.split == "train" and x.output]
     eval_set = [x for x in samples if x.split == "eval" and x.output]
+    if not train_set:
+        raise TuneError("the target wrote nothing for any training prompt", hint="check the prompts and --max-tokens")
     report = TuneReport(samples={"train": len(train_set), "eval": len(eval_set),
                                  "train_tokens": sum(len(x.output) for x in train_set),
                                  "eval_tokens": sum(len(x.output) for x in eval_set)})
@@ -145,8 +147,7 @@ def tune(s: TuneSettings, progress: TuneProgress = TuneProgress()) -> TuneReport
     progress.phase("loading the draft into PyTorch")
     torch.manual_seed(s.train.seed)  # the adapter's initial A: the same run, the same adapter
     model = DraftModel(weights, rank=s.train.rank, alpha=s.train.alpha, device=report.device)
-    guard_sample = train_set[0] if train_set else samples[0]
-    report.logits_check = check_forward(model, s.draft, guard_sample.prompt + guard_sample.output,
+    report.logits_check = check_forward(model, s.draft, train_set[0].prompt + train_set[0].output,
                                         threads=s.threads).to_dict()
     progress.phase("losses before training")
     report.losses_before = {"train": mean_losses(model, train_set), "eval": mean_losses(model, eval_set)}
