@@ -81,7 +81,7 @@ def tune_draft(
 
     The target answers the prompts (greedy and sampled); the draft, dequantized into PyTorch,
     learns the target's top-k distribution at every position (KL + cross-entropy). The adapter
-    is a GGUF file for --draft-lora. Needs the [tune] extra (PyTorch).
+    is a GGUF file for --draft-lora. Needs the \\[tune] extra (PyTorch).
 
     [b]Examples[/b]
 
