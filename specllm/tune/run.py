@@ -19,7 +19,7 @@ from ..errors import IncompatibleModelsError, TuneError
 from ..prompts import BenchPrompt
 from . import require_torch
 from .agreement import Agreement, measure
-from .data import DataSettings, Sample, generate_data, plan
+from .data import DataSettings, Sample, generate_data, plan, read_samples
 from .train import StepReport, TrainSettings
 
 DEFAULT_EVAL_SHARE = 0.2  # without --eval-prompts, the last fifth of the prompts is held out
@@ -88,8 +88,8 @@ def split_prompts(prompts: Sequence[BenchPrompt], eval_prompts: Sequence[BenchPr
     return list(prompts[:-n_eval]), list(prompts[-n_eval:])
 
 
-def check_pair(target: Path, draft: Path) -> str:
-    """The draft's architecture; the pair must share token ids (distillation is per token)."""
+def check_pair(target: Path, draft: Path) -> None:
+    """The pair must share token ids: distillation is per token."""
     with llama.Model(target, vocab_only=True) as t, llama.Model(draft, vocab_only=True) as d:
         try:
             ensure_compatible(t, d)
@@ -97,7 +97,6 @@ def check_pair(target: Path, draft: Path) -> str:
             refusal.hint = ("tune-draft distils per token: pick a draft with the target's tokenizer "
                             "(--cross-vocab tuning is not supported yet)")
             raise
-        return d.metadata("general.architecture") or "?"
 
 
 def make_data(s: TuneSettings, train_prompts: list, eval_prompts: list, progress: TuneProgress) -> list[Sample]:
@@ -105,8 +104,6 @@ def make_data(s: TuneSettings, train_prompts: list, eval_prompts: list, progress
     jobs = plan(texts, len(train_prompts), s.data)
     config = EngineConfig(target=str(s.target), mode="none", ctx_size=s.ctx_size, threads=s.threads)
     with Engine(config) as engine:
-        from .data import read_samples
-
         done = len({x.key for x in read_samples(s.data_path, s.data)} & {(j.prompt_index, j.variant) for j in jobs})
         progress.phase("target outputs", total=len(jobs), done=done)
         samples = generate_data(engine, s.data_path, s.data, jobs, on_sample=progress.sample)
