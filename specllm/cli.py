@@ -9,7 +9,7 @@ import typer
 from typer.exceptions import TyperException
 
 from . import __version__
-from .commands import bench, check, drafts, generate, models, rpc_server, serve
+from .commands import bench, check, drafts, generate, models, rpc_server, serve, tune_draft
 from .console import EXIT_INTERRUPTED, print_error
 
 app = typer.Typer(
@@ -29,6 +29,7 @@ app.add_typer(models.app, name="models")
 app.command(name="bench")(bench.bench)
 app.command(name="rpc-server")(rpc_server.rpc_server)
 app.command(name="serve")(serve.serve)
+app.command(name="tune-draft")(tune_draft.tune_draft)
 
 
 def _show_version(value: bool) -> None:

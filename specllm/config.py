@@ -69,6 +69,7 @@ class EngineConfig:
     # Sequences decoded together (--parallel): --jsonl lines or server slots. Each holds ctx_size
     # tokens; the KV cache holds parallel x ctx_size (see llama.Context).
     parallel: int = 1
+    draft_lora: Optional[str] = None  # a GGUF LoRA adapter applied to the draft (specllm tune-draft)
 
 
 
@@ -182,7 +183,7 @@ def resolve_models(
     if model is None:
         pair, target_path, draft_path = registry.resolve_pair(progress=progress)
         draft = str(registry.resolve_model(draft_model, progress=progress)) if draft_model else str(draft_path)
-        return str(target_path), draft, pair_settings(pair)
+        return str(target_path), draft, pair_settings(pair, draft_given=draft_model is not None)
     target = registry.resolve_model(model, progress=progress)
     if draft_model is None:
         saved = _saved_pair(model, target, progress)
@@ -192,10 +193,11 @@ def resolve_models(
     return str(target), draft, {}
 
 
-def pair_settings(pair) -> dict:
-    """A pair's settings that it gives (precedence 3)."""
+def pair_settings(pair, *, draft_given: bool = False) -> dict:
+    """A pair's settings that it gives (precedence 3). The pair's adapter belongs to the pair's
+    draft: another -md does not take it."""
     settings = {"mode": pair.mode, "k": pair.k, "cross_vocab": pair.cross_vocab, "ngram_sizes": pair.ngram_sizes,
-                "memory": pair.memory}
+                "memory": pair.memory, "draft_lora": None if draft_given else pair.draft_lora}
     return {key: value for key, value in settings.items() if value is not None}
 
 
@@ -239,6 +241,7 @@ def engine_config(
     rpc: Optional[str] = None,
     parallel: int = 1,
     progress: FetchProgress = SILENT,
+    draft_lora: Optional[str] = None,
 ) -> EngineConfig:
     """Check the options, resolve the models (fetching them on first use) and apply the precedence."""
     check_mode(mode)
@@ -263,6 +266,8 @@ def engine_config(
     # A user's models.toml can say anything: its settings pass the options' checks.
     check_mode(pair_settings.get("mode"), "the pair's 'mode' in models.toml")
     check_draft_max(pair_settings.get("k"), "the pair's 'k' in models.toml")
+    if draft_lora and draft is None:
+        raise UsageError("--draft-lora needs a draft model (-md)")
     chosen_mode = mode or pair_settings.get("mode") or DEFAULT_MODE
     if model is not None and draft is None and chosen_mode == "auto":
         from .drafting.hint import local_drafts_note
@@ -286,4 +291,5 @@ def engine_config(
         memory=memory if memory is not None else pair_settings.get("memory"),
         rpc=endpoints,
         parallel=parallel,
+        draft_lora=draft_lora or pair_settings.get("draft_lora"),
     )

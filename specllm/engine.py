@@ -52,12 +52,15 @@ class Request:
 class Engine:
     def __init__(self, config: EngineConfig, *, warnings: Optional[list[str]] = None):
         check_draft_for_mode(config.mode, has_draft=bool(config.draft))
+        if config.draft_lora and not config.draft:
+            raise UsageError("--draft-lora needs a draft model (-md)")
         self.config = config
         self.warnings: list[str] = warnings if warnings is not None else []
         self.target_model: Optional[llama.Model] = None
         self.target: Optional[llama.Context] = None
         self.draft_model: Optional[llama.Model] = None
         self.draft: Optional[llama.Context] = None
+        self.draft_lora: Optional[llama.LoraAdapter] = None  # --draft-lora, applied to `draft`
         self.compatibility: Optional[Compatibility] = None  # None: no draft, or --cross-vocab
         # Auto mode's knowledge, made on first use (see _prepare_auto).
         self.costs = None
@@ -113,6 +116,9 @@ class Engine:
             n_threads=cfg.draft_threads or cfg.threads,
             n_seq=cfg.parallel,  # one draft sequence per target sequence: slots never disturb each other
         )
+        if cfg.draft_lora:
+            self.draft_lora = llama.LoraAdapter(self.draft_model, cfg.draft_lora)
+            llama.set_lora(self.draft, self.draft_lora)
 
     @property
     def mode(self) -> str:
@@ -207,7 +213,7 @@ class Engine:
         cpu_bound = not cfg.n_gpu_layers and not cfg.rpc
         self.costs = CostModel(meter=ContentionMeter(cfg.threads, cpu_bound=cpu_bound))
         self.learned = Learned()
-        key = cost_profile_key(cfg, self.target_model, self.draft_model)
+        key = cost_profile_key(cfg, self.target_model, self.draft_model, self.draft_lora)
         self._profile_key = key
         # Sizes above k + 1 come from the fitted curve if a request ever asks for more.
         max_batch = min(cfg.k + 1, self.target.n_batch)
@@ -246,7 +252,7 @@ class Engine:
         target's cache (and of the draft's). Without a seed one is drawn, and reported
         (generation.seed) so that a sampled run can be replayed."""
         seed = request.seed if request.seed is not None else secrets.randbits(32)
-        return Generation(
+        generation = Generation(
             self.target.sequence(slot),
             self.make_policy(request, prompt, slot),
             prompt,
@@ -254,16 +260,19 @@ class Engine:
             max_tokens=request.max_tokens,
             ignore_eos=request.ignore_eos,
         )
+        if self.draft_lora is not None and generation.stats.mode in ("draft", "auto"):
+            generation.stats.draft_lora = self.draft_lora.name
+        return generation
 
     def close(self) -> None:
         if self._profile_key and self.learned is not None and self.learned.rounds:
             self._save_auto_profile()
         if self.memory is not None and self._memory_file is not None and len(self.memory):
             self.memory.save(self._memory_file)
-        for obj in (self.draft, self.target, self.draft_model, self.target_model):
+        for obj in (self.draft, self.draft_lora, self.target, self.draft_model, self.target_model):
             if obj is not None:
                 obj.close()
-        self.draft = self.target = self.draft_model = self.target_model = None
+        self.draft = self.draft_lora = self.target = self.draft_model = self.target_model = None
 
     def __enter__(self) -> "Engine":
         return self
@@ -272,11 +281,14 @@ class Engine:
         self.close()
 
 
-def cost_profile_key(config: EngineConfig, target_model: llama.Model, draft_model: Optional[llama.Model]) -> str:
-    """Auto mode's saved costs are kept per models and settings (see auto/costs.py)."""
+def cost_profile_key(config: EngineConfig, target_model: llama.Model, draft_model: Optional[llama.Model],
+                     draft_lora: Optional[llama.LoraAdapter] = None) -> str:
+    """Auto mode's saved costs are kept per models and settings (see auto/costs.py). An adapter
+    changes what the draft is worth: its draft model's verdict is kept apart."""
+    draft = (draft_model.name + (f"+{draft_lora.name}" if draft_lora else "")) if draft_model else "-"
     return "|".join(str(x) for x in (
         target_model.name, target_model.size_bytes, config.threads or os.cpu_count(), config.n_gpu_layers,
-        draft_model.name if draft_model else "-", config.draft_threads, config.draft_n_gpu_layers,
+        draft, config.draft_threads, config.draft_n_gpu_layers,
         ",".join(config.rpc) or "local",
     ))
 

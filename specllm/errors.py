@@ -47,3 +47,8 @@ class ContextFullError(SpecllmError):
 class RpcError(SpecllmError):
     """An RPC worker cannot be used: unreachable, not an RPC server, another protocol version,
     or a llama.cpp built without RPC."""
+
+
+class TuneError(SpecllmError):
+    """Draft tuning cannot go on: PyTorch missing, an architecture the trainer does not know,
+    a data or checkpoint file that belongs to another run."""

@@ -660,3 +660,80 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+# -- LoRA adapters and quantization (specllm tune-draft, --draft-lora) ---------------------------
+
+
+class LoraAdapter:
+    """A GGUF LoRA adapter loaded for one model. It lives as long as the contexts that use it
+    (llama.cpp also frees it with its model, so `close` is only needed to free it earlier)."""
+
+    def __init__(self, model: Model, path: str | os.PathLike):
+        self.path = Path(path)
+        self.model = model
+        try:
+            check_gguf_file(self.path)
+        except ModelLoadError as e:  # the checks speak of "model file"; here it is an adapter
+            raise ModelLoadError(e.message.replace("model file", "LoRA adapter"), hint=e.hint) from None
+        _log_tail.clear()
+        ptr = C.llama_adapter_lora_init(model._ptr, str(self.path).encode())
+        if not ptr:
+            reason = _llama_failure_reason()
+            if "arch mismatch" in reason:
+                arch = model.metadata("general.architecture")
+                reason = f"the adapter is for another architecture than the draft's ({arch})"
+            raise ModelLoadError(
+                f"cannot apply LoRA adapter {self.path.name} to {model.name}: {reason}",
+                hint="an adapter applies only to the model it was trained for (specllm tune-draft)",
+            )
+        self._ptr = ptr
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def metadata(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(256)
+        n = C.llama_adapter_meta_val_str(self._ptr, key.encode(), buf, len(buf))
+        return None if n < 0 else buf.value.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        if getattr(self, "_ptr", None) and getattr(self.model, "_ptr", None):
+            C.llama_adapter_lora_free(self._ptr)
+        self._ptr = None
+
+
+def set_lora(context: Context, adapter: LoraAdapter | None, scale: float = 1.0) -> None:
+    """Apply `adapter` (None: no adapter) to every later decode of `context`. The cache must be
+    empty: what it holds was computed with the old weights."""
+    if context.tokens:
+        context.clear()
+    if adapter is None:
+        rc = C.llama_set_adapters_lora(context._ptr, None, 0, None)
+    else:
+        adapters = (C.llama_adapter_lora_p_ctypes * 1)(adapter._ptr)
+        scales = (ctypes.c_float * 1)(scale)
+        rc = C.llama_set_adapters_lora(context._ptr, adapters, 1, scales)
+    if rc != 0:
+        raise ModelLoadError(f"llama.cpp refused the LoRA adapter for {context.model.name} (code {rc})")
+
+
+def quantize_model(source: Path, destination: Path, ftype: int, *, n_threads: int | None = None) -> None:
+    """Write `source` quantized to llama_ftype `ftype` (llama_model_quantize). Tensors already of
+    the chosen type are copied; others are (re)quantized."""
+    _ensure_backend()
+    params = C.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = n_threads or 0
+    params.allow_requantize = True
+    _log_tail.clear()
+    rc = C.llama_model_quantize(str(source).encode(), str(destination).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise ModelLoadError(f"cannot quantize {source.name}: {_llama_failure_reason()}")
+
+
+def ftype_name(ftype: int) -> str:
+    """11 -> 'Q3_K - Small': llama.cpp's name of a file type."""
+    name = C.llama_ftype_name(ftype)
+    return name.decode() if name else str(ftype)

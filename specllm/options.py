@@ -111,3 +111,8 @@ CrossVocabOpt = Annotated[
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log and tracebacks.", metavar=FLAG,
                                           rich_help_panel=IO)]
+DraftLoraOpt = Annotated[
+    Optional[str],
+    typer.Option("--draft-lora", help="GGUF LoRA adapter applied to the draft (made by `specllm tune-draft`).",
+                 envvar="SPECLLM_DRAFT_LORA", show_default=False, metavar="FILE", rich_help_panel=MODELS),
+]

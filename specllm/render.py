@@ -175,6 +175,8 @@ def stats_table(stats: SpecStats, *, title: str | None = None) -> Table:
     if title:
         table.title = title
     table.add_row("mode", f"{stats.mode}" + (f" (k<={stats.k})" if stats.k else ""))
+    if stats.draft_lora:
+        table.add_row("draft lora", stats.draft_lora)
     table.add_row("tokens", f"{stats.generated} generated in {stats.rounds} rounds, {stats.tokens_per_second:.1f} tok/s"
                   f" (prompt {stats.prompt_tokens} tok, {stats.prompt_tokens_per_second:.0f} tok/s)")
     if stats.drafted or stats.mode != "none":

@@ -38,6 +38,7 @@ class SpecStats:
     target_seconds: float = 0.0  # target decodes during generation (verification)
     draft_seconds: float = 0.0  # drafting, model and n-gram
     round_shapes: dict[RoundShape, int] = field(default_factory=dict)
+    draft_lora: str | None = None  # the LoRA adapter applied to the draft model, if any
 
     def record_round(self, source: str, n_drafted: int, n_accepted: int, n_emitted: int) -> None:
         shape = (source, n_drafted, n_accepted, n_emitted)
@@ -111,4 +112,5 @@ class SpecStats:
             "decode_ms": self.decode_seconds * 1e3,
             "target_ms": self.target_seconds * 1e3,
             "draft_ms": self.draft_seconds * 1e3,
+            "draft_lora": self.draft_lora,
         }

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 # Settings a user's environment could bring in (options > SPECLLM_* > models.toml > defaults).
 ENV_SETTINGS = ("SPECLLM_MODEL", "SPECLLM_DRAFT_MODEL", "SPECLLM_MODE", "SPECLLM_CTX_SIZE", "SPECLLM_THREADS",
-                "SPECLLM_N_GPU_LAYERS", "SPECLLM_MODELS", "XDG_CACHE_HOME")
+                "SPECLLM_N_GPU_LAYERS", "SPECLLM_MODELS", "XDG_CACHE_HOME", "SPECLLM_DRAFT_LORA")
 PROMPT = "the cat said that it was for you and the"
 
 runner = CliRunner()

@@ -85,7 +85,9 @@ class Bench:
             mode = "auto" if "auto" in s.modes else "draft"
         else:
             mode = "ngram" if set(s.modes) - {"none"} else "none"  # auto is prepared when first asked
-        config = replace(s.engine, draft=draft, mode=mode, k=max(s.ks))
+        # --draft-lora belongs to the first draft (-md): the others run as they are.
+        lora = s.engine.draft_lora if draft is not None and draft == s.engine.draft else None
+        config = replace(s.engine, draft=draft, mode=mode, k=max(s.ks), draft_lora=lora)
         warnings: list[str] = []
         try:
             engine = Engine(config, warnings=warnings)
@@ -98,6 +100,8 @@ class Bench:
 
     def _open_draft(self, path: str) -> None:
         name = Path(path).name
+        if path == self.settings.engine.draft and self.settings.engine.draft_lora:
+            name += f"+{Path(self.settings.engine.draft_lora).name}"  # the rows say which adapter ran
         while name in self.refused or name in self.engines:
             name += "'"  # the same file name twice: keep the rows apart
         try:

@@ -20,7 +20,7 @@ from ..console import FetchBars, reported_errors, stderr, warn
 from ..errors import UsageError
 from ..prompts import BUILTIN_PROMPTS, load_prompts, select_prompts
 from ..options import (
-    FLAG, IO, MODELS, SAMPLING, SPECULATION, CrossVocabOpt, CtxSizeOpt, GpuLayersOpt, BenchMaxTokensOpt,
+    FLAG, IO, MODELS, SAMPLING, SPECULATION, CrossVocabOpt, CtxSizeOpt, DraftLoraOpt, GpuLayersOpt, BenchMaxTokensOpt,
     ModelOpt, NgramOpt, RpcOpt, SeedOpt, TempOpt, ThreadsOpt, VerboseOpt,
 )
 from ..sampling import SamplingParams
@@ -38,6 +38,7 @@ DraftModelsOpt = Annotated[
 def bench(
     model: ModelOpt = None,
     draft_models: DraftModelsOpt = None,
+    draft_lora: DraftLoraOpt = None,
     ks: Annotated[str, typer.Option("-k", "--k", help="Draft lengths to sweep, comma-separated.", metavar="K,K,..",
                                     rich_help_panel=SPECULATION)] = "2,3,4,5,6,7,8",
     max_tokens: BenchMaxTokensOpt = 128,
@@ -90,7 +91,7 @@ def bench(
             model=model, draft_models=draft_models or [], ks=ks, max_tokens=max_tokens, prompts=prompts,
             category=category, limit=limit, context_lengths=context_lengths, modes=modes, temp=temp, seed=seed,
             ignore_eos=ignore_eos, chat=chat, ngram=ngram, cross_vocab=cross_vocab, ctx_size=ctx_size, threads=threads,
-            n_gpu_layers=n_gpu_layers, rpc=rpc,
+            n_gpu_layers=n_gpu_layers, rpc=rpc, draft_lora=draft_lora,
         )
         result = _run_with_progress(settings, prompt_set)
         for message in result.warnings:
@@ -99,7 +100,8 @@ def bench(
 
 
 def _settings(*, model, draft_models, ks, max_tokens, prompts, category, limit, context_lengths, modes, temp, seed,
-              ignore_eos, chat, ngram, cross_vocab, ctx_size, threads, n_gpu_layers, rpc) -> tuple[BenchSettings, list]:
+              ignore_eos, chat, ngram, cross_vocab, ctx_size, threads, n_gpu_layers, rpc,
+              draft_lora=None) -> tuple[BenchSettings, list]:
     if max_tokens < 1:
         raise UsageError(f"--max-tokens must be >= 1, got {max_tokens}")
     check_positive("--limit", limit)
@@ -116,7 +118,7 @@ def _settings(*, model, draft_models, ks, max_tokens, prompts, category, limit, 
     config = engine_config(
         model=model, draft_model=draft_models[0] if draft_models else None, mode=None, k=None, ngram=ngram,
         ctx_size=ctx_size, draft_ctx_size=None, threads=threads, draft_threads=None, n_gpu_layers=n_gpu_layers,
-        draft_n_gpu_layers=None, cross_vocab=cross_vocab, rpc=rpc, progress=FetchBars(),
+        draft_n_gpu_layers=None, cross_vocab=cross_vocab, rpc=rpc, progress=FetchBars(), draft_lora=draft_lora,
     )
     from ..registry import resolve_model
 

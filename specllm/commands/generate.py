@@ -21,7 +21,7 @@ from ..console import EXIT_INTERRUPTED, FetchBars, reported_errors, silence_stdo
 from ..engine import Engine, Request, with_overrides
 from ..errors import SpecllmError, UsageError
 from ..options import (
-    FLAG, IO, CrossVocabOpt, CtxSizeOpt, DraftCtxSizeOpt, DraftGpuLayersOpt, DraftMaxOpt, DraftModelOpt,
+    FLAG, IO, CrossVocabOpt, CtxSizeOpt, DraftCtxSizeOpt, DraftGpuLayersOpt, DraftLoraOpt, DraftMaxOpt, DraftModelOpt,
     DraftThreadsOpt, GpuLayersOpt, MaxTokensOpt, MemoryOpt, MinPOpt, ModelOpt, ModeOpt, NgramOpt, ParallelOpt, RpcOpt,
     SamplerOpt, SeedOpt, TempOpt, ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt,
 )
@@ -39,6 +39,7 @@ def generate(
         show_default=False, metavar="PROMPT")] = None,
     model: ModelOpt = None,
     draft_model: DraftModelOpt = None,
+    draft_lora: DraftLoraOpt = None,
     mode: ModeOpt = None,
     draft_max: DraftMaxOpt = None,
     ngram: NgramOpt = None,
@@ -103,7 +104,7 @@ def generate(
             model=model, draft_model=draft_model, mode=mode, k=draft_max, ngram=ngram, ctx_size=ctx_size,
             draft_ctx_size=draft_ctx_size, threads=threads, draft_threads=draft_threads, n_gpu_layers=n_gpu_layers,
             draft_n_gpu_layers=draft_n_gpu_layers, cross_vocab=cross_vocab, memory=memory, rpc=rpc,
-            parallel=parallel, progress=FetchBars(),
+            parallel=parallel, progress=FetchBars(), draft_lora=draft_lora,
         )
         if trace is not None and config.mode != "auto":
             raise UsageError("--trace records auto mode's rounds", hint="use --mode auto")

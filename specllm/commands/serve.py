@@ -17,7 +17,7 @@ from ..console import FetchBars, reported_errors, stderr, warn
 from ..engine import Engine, Request
 from ..errors import UsageError
 from ..options import (
-    CrossVocabOpt, CtxSizeOpt, DraftCtxSizeOpt, DraftGpuLayersOpt, DraftMaxOpt, DraftModelOpt, DraftThreadsOpt,
+    CrossVocabOpt, CtxSizeOpt, DraftCtxSizeOpt, DraftGpuLayersOpt, DraftLoraOpt, DraftMaxOpt, DraftModelOpt, DraftThreadsOpt,
     GpuLayersOpt, MemoryOpt, MinPOpt, ModelOpt, ModeOpt, NgramOpt, ParallelOpt, RpcOpt, SAMPLING, SamplerOpt, SeedOpt,
     TempOpt, ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt,
 )
@@ -38,6 +38,7 @@ DEFAULT_SLOTS = 4
 def serve(
     model: ModelOpt = None,
     draft_model: DraftModelOpt = None,
+    draft_lora: DraftLoraOpt = None,
     mode: ModeOpt = None,
     draft_max: DraftMaxOpt = None,
     ngram: NgramOpt = None,
@@ -101,7 +102,7 @@ def serve(
                 model=model, draft_model=draft_model, mode=mode, k=draft_max, ngram=ngram, ctx_size=ctx_size,
                 draft_ctx_size=draft_ctx_size, threads=threads, draft_threads=draft_threads, n_gpu_layers=n_gpu_layers,
                 draft_n_gpu_layers=draft_n_gpu_layers, cross_vocab=cross_vocab, memory=memory, rpc=rpc,
-                parallel=parallel, progress=FetchBars(),
+                parallel=parallel, progress=FetchBars(), draft_lora=draft_lora,
             )
             with Engine(config) as engine:
                 for message in engine.warnings:

@@ -34,7 +34,8 @@ MODEL_KEYS = {
     "description", "file", "family", "size", "sha256",
     "path", "hf_repo", "hf_file", "hf_sha256", "pypi_parts", "pypi_version",
 }  # fmt: skip
-PAIR_KEYS = {"description", "target", "draft", "mode", "k", "ngram_min", "ngram_max", "cross_vocab", "memory"}
+PAIR_KEYS = {"description", "target", "draft", "mode", "k", "ngram_min", "ngram_max", "cross_vocab", "memory",
+             "draft_lora"}
 LOCAL_KEYS = {"paths"}
 
 
@@ -98,6 +99,7 @@ class Pair:
     ngram_max: Optional[int] = None
     cross_vocab: bool = False
     memory: Optional[bool] = None  # keep earlier outputs on disk between runs (auto mode)
+    draft_lora: Optional[str] = None  # a GGUF LoRA adapter for the draft (specllm tune-draft)
 
     @property
     def ngram_sizes(self) -> Optional[tuple[int, ...]]:
@@ -161,9 +163,10 @@ def load_registry(user_file: Optional[Path] = None) -> Registry:
                 where = f"{file}: {section}.{name}"
                 if not isinstance(table, dict):
                     raise RegistryError(f"{where} must be a table")
-                if "path" in table and isinstance(table["path"], str):
-                    # A relative path means relative to the file that names it.
-                    table = {**table, "path": str(file.parent / Path(table["path"]).expanduser())}
+                for key in ("path", "draft_lora"):
+                    if key in table and isinstance(table[key], str):
+                        # A relative path means relative to the file that names it.
+                        table = {**table, key: str(file.parent / Path(table[key]).expanduser())}
                 # Keys given later (the user's file) replace the same keys given earlier.
                 merged[name] = {**merged.get(name, {}), **table}
                 origin[section, name] = file
@@ -295,4 +298,5 @@ def _parse_pair(name: str, table: dict[str, Any], where: str, models: Mapping[st
         ngram_max=_take(table, "ngram_max", int, where),
         cross_vocab=bool(_take(table, "cross_vocab", bool, where)),
         memory=_take(table, "memory", bool, where),
+        draft_lora=_take(table, "draft_lora", str, where),
     )

@@ -186,6 +186,7 @@ def speculative(stats: SpecStats) -> dict:
         "tokens_per_second": stats.tokens_per_second,
         "prompt_ms": stats.prompt_seconds * 1e3,
         "decode_ms": stats.decode_seconds * 1e3,
+        "draft_lora": stats.draft_lora,
     }
 
 

@@ -1,0 +1,198 @@
+"""`specllm tune-draft`: distil the target into a LoRA adapter for the draft (specllm/tune/)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .. import llama
+from ..config import DEFAULT_CTX_SIZE, MAX_DRAFT, check_positive, check_sampling, check_seed
+from ..console import FetchBars, reported_errors, stderr
+from ..errors import UsageError
+from ..options import FLAG, IO, CrossVocabOpt, CtxSizeOpt, SeedOpt, ThreadsOpt, VerboseOpt
+from ..prompts import load_prompts, select_prompts
+
+TRAINING = "Training"
+DATA = "Data"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def tune_draft(
+    target: Annotated[str, typer.Argument(help="Target GGUF: a path or a models.toml name.", metavar="TARGET")],
+    draft: Annotated[str, typer.Argument(help="Draft GGUF to tune: a path or a models.toml name.", metavar="DRAFT")],
+    prompts: Annotated[Path, typer.Option("--prompts", help="Training prompts: text blocks or JSONL (as bench "
+                                          "takes them, .gz too).", metavar="FILE", rich_help_panel=DATA)],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="The LoRA adapter to write (default: "
+                                                   "DRAFT-lora.gguf here).", show_default=False, metavar="FILE",
+                                                   rich_help_panel=IO)] = None,
+    eval_prompts: Annotated[Optional[Path], typer.Option(
+        "--eval-prompts", help="Held-out prompts acceptance is measured on (default: the last fifth of --prompts).",
+        show_default=False, metavar="FILE", rich_help_panel=DATA)] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most N training prompts.", show_default=False,
+                                                 metavar="N", rich_help_panel=DATA)] = None,
+    data: Annotated[Optional[Path], typer.Option(
+        "--data", help="The resumable data file of target outputs (default: OUTPUT.data.jsonl).", show_default=False,
+        metavar="FILE", rich_help_panel=DATA)] = None,
+    max_tokens: Annotated[int, typer.Option("-n", "--max-tokens", help="Target tokens generated per prompt.",
+                                            metavar="N", rich_help_panel=DATA)] = 128,
+    temp: Annotated[float, typer.Option("--temp", help="Temperature of the sampled outputs (0: greedy ones only).",
+                                        metavar="T", rich_help_panel=DATA)] = 0.8,
+    samples: Annotated[int, typer.Option("--samples", help="Sampled outputs per training prompt, besides the "
+                                         "greedy one.", metavar="N", rich_help_panel=DATA)] = 1,
+    top_logprobs: Annotated[int, typer.Option("--top-logprobs", help="Target log-probabilities kept per position.",
+                                              metavar="K", rich_help_panel=DATA)] = 20,
+    chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompts in the target's chat template.",
+                                       metavar=FLAG, rich_help_panel=DATA)] = False,
+    rank: Annotated[int, typer.Option("--rank", help="LoRA rank.", metavar="R", rich_help_panel=TRAINING)] = 16,
+    alpha: Annotated[float, typer.Option("--alpha", help="LoRA alpha (the update is scaled by alpha / rank).",
+                                         metavar="A", rich_help_panel=TRAINING)] = 32.0,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training samples.", metavar="N",
+                                        rich_help_panel=TRAINING)] = 2,
+    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.", metavar="LR",
+                                      rich_help_panel=TRAINING)] = 5e-4,
+    batch: Annotated[int, typer.Option("--batch", help="Samples per optimiser step.", metavar="N",
+                                       rich_help_panel=TRAINING)] = 4,
+    ce_weight: Annotated[float, typer.Option("--ce-weight", help="Weight of the cross-entropy on the target's "
+                                             "tokens, added to the KL.", metavar="W", rich_help_panel=TRAINING)] = 0.5,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimiser steps.",
+                                                     show_default=False, metavar="N", rich_help_panel=TRAINING)] = None,
+    device: Annotated[str, typer.Option("--device", help="auto (a GPU when torch sees one), cpu or cuda.",
+                                        metavar="DEV", rich_help_panel=TRAINING)] = "auto",
+    merge: Annotated[bool, typer.Option("--merge", help="Also write DRAFT merged with the adapter, re-quantized to "
+                                        "the draft's own type (OUTPUT-merged.gguf).", metavar=FLAG,
+                                        rich_help_panel=IO)] = False,
+    k: Annotated[int, typer.Option("-k", "--draft-max", help="Draft length the acceptance is reported for.",
+                                   metavar="K", rich_help_panel=IO)] = 4,
+    seed: SeedOpt = None,
+    cross_vocab: CrossVocabOpt = False,
+    ctx_size: CtxSizeOpt = DEFAULT_CTX_SIZE,
+    threads: ThreadsOpt = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.", metavar=FLAG,
+                                        rich_help_panel=IO)] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Tune a draft for its target: a LoRA adapter trained on the target's own outputs.
+
+    The target answers the prompts (greedy and sampled); the draft, dequantized into PyTorch,
+    learns the target's top-k distribution at every position (KL + cross-entropy). The adapter
+    is a GGUF file for --draft-lora. Needs the \\[tune] extra (PyTorch).
+
+    [b]Examples[/b]
+
+      specllm tune-draft target.gguf draft.gguf --prompts prompts.jsonl -o draft-lora.gguf
+      specllm generate -m target.gguf -md draft.gguf --draft-lora draft-lora.gguf "def add(a, b):"
+    """
+    with reported_errors(verbose):
+        llama.set_verbose(verbose)
+        from ..tune import require_torch
+
+        require_torch()
+        settings = _settings(**locals())
+        from ..tune.run import tune
+
+        report = tune(settings, _Progress())
+        if json_:
+            typer.echo(json.dumps(report.to_dict()))
+        else:
+            _print_report(report)
+
+
+def _settings(*, target, draft, prompts, output, eval_prompts, limit, data, max_tokens, temp, samples, top_logprobs,
+              chat, rank, alpha, epochs, lr, batch, ce_weight, max_steps, device, merge, k, seed, cross_vocab,
+              ctx_size, threads, **_):
+    from ..registry import resolve_model
+    from ..tune.data import DataSettings
+    from ..tune.run import TuneSettings
+    from ..tune.train import TrainSettings
+
+    for name, value in (("--max-tokens", max_tokens), ("--samples", samples), ("--top-logprobs", top_logprobs),
+                        ("--rank", rank), ("--epochs", epochs), ("--batch", batch), ("--limit", limit),
+                        ("--max-steps", max_steps), ("--threads", threads)):
+        check_positive(name, value, allow_zero=name == "--samples")
+    check_sampling(temp, 0, 1.0, 0.0)
+    check_seed(seed)
+    if not 1 <= k <= MAX_DRAFT:
+        raise UsageError(f"--draft-max must be between 1 and {MAX_DRAFT}, got {k}")
+    if device not in DEVICES:
+        raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if not (lr > 0 and alpha > 0 and ce_weight >= 0):
+        raise UsageError("--lr and --alpha must be > 0, --ce-weight >= 0")
+    if cross_vocab:
+        raise UsageError("tune-draft cannot tune a draft of another vocabulary yet (--cross-vocab)",
+                         hint="pick a draft with the target's tokenizer")
+    train_prompts = select_prompts(load_prompts(prompts), None, limit)
+    held_out = tuple(load_prompts(eval_prompts)) if eval_prompts else ()
+    target_path = Path(resolve_model(target, progress=FetchBars()))
+    draft_path = Path(resolve_model(draft, progress=FetchBars()))
+    output = output or Path(f"{draft_path.stem}-lora.gguf")
+    return TuneSettings(
+        target=target_path, draft=draft_path, prompts=tuple(train_prompts), eval_prompts=held_out, output=output,
+        data_path=data or output.with_name(output.name + ".data.jsonl"),
+        data=DataSettings(target=target_path.name, target_bytes=target_path.stat().st_size, top_k=top_logprobs,
+                          max_tokens=max_tokens, temp=temp, samples=samples if temp > 0 else 0, chat=chat,
+                          seed=seed or 0),
+        train=TrainSettings(rank=rank, alpha=alpha, lr=lr, epochs=epochs, batch=batch, ce_weight=ce_weight,
+                            max_steps=max_steps, seed=seed or 0),
+        k=k, merge=merge, threads=threads, ctx_size=ctx_size, device=device,
+    )
+
+
+class _Progress:
+    """One bar per phase on stderr; training shows its loss, KL, cross-entropy and tokens/s."""
+
+    def __init__(self):
+        self._bar: Optional[Progress] = None
+        self._task = None
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def phase(self, name: str, total: Optional[int] = None, done: int = 0) -> None:
+        self._close()
+        if total is None:
+            stderr.print(f"[dim]{escape(name)}…[/]")
+            return
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=stderr)
+        self._bar.start()
+        self._task = self._bar.add_task(escape(name), total=total, completed=done, info="")
+
+    def sample(self, sample) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, info=f"{len(sample.output)} tokens")
+
+    def step(self, r) -> None:
+        if self._bar is None:
+            self.phase("training", total=r.total_steps, done=r.step - 1)
+        self._bar.update(self._task, completed=r.step, info=f"loss {r.loss:.3f} (KL {r.kl:.3f}, CE {r.ce:.3f}), "
+                         f"{r.tokens_per_second:.0f} tok/s")
+        if r.step == r.total_steps:
+            self._close()
+
+
+def _print_report(report) -> None:
+    stderr.print(f"adapter: {escape(report.adapter or '-')}" + (f"; merged draft: {escape(report.merged)}"
+                                                                if report.merged else ""))
+    check = report.logits_check
+    stderr.print(f"torch vs llama.cpp logits over {check['tokens']} tokens: max |diff| {check['max_abs_diff']:.3g}, "
+                 f"mean {check['mean_abs_diff']:.3g} (of a spread of {check['logit_std']:.3g}), "
+                 f"argmax agreement {check['argmax_agreement']:.0%}")
+    before, after = report.losses_before, report.losses_after
+    stderr.print(f"KL to the target (train / held-out): {before['train']['kl']:.3f} / {before['eval']['kl']:.3f} "
+                 f"before, {after['train']['kl']:.3f} / {after['eval']['kl']:.3f} after; {report.steps} steps on "
+                 f"{report.device}, {report.train_tokens_per_second:.0f} tokens/s")
+    table = Table(title="greedy acceptance on held-out prompts (teacher-forced)")
+    for column in ("draft", "k", "match", "acceptance", "tokens/round", "per position"):
+        table.add_column(column, justify="left" if column in ("draft", "per position") else "right")
+    for name, a in report.acceptance.items():
+        table.add_row(name, str(a["k"]), f"{a['match_rate']:.1%}", f"{a['acceptance_rate']:.1%}",
+                      f"{a['tokens_per_round']:.2f}", " ".join(f"{x:.0%}" for x in a["per_position_acceptance"]))
+    stderr.print(table)

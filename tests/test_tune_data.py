@@ -1,0 +1,222 @@
+"""Issue 25 without PyTorch: the tuning data file (round trip, resume), the teacher-forced
+acceptance measure, --draft-lora in every command, and the bad inputs that need no training."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import PROMPT, assert_clean_error, generate, invoke, json_result
+from specllm import llama
+from specllm.engine import Engine, EngineConfig
+from specllm.errors import TuneError
+from specllm.tune.agreement import Agreement, measure
+from specllm.tune.data import DataSettings, generate_data, plan, read_samples, top_logprobs
+from specllm.tune.export import write_adapter
+
+TEXTS = ["the of and to in is", "it you that he was for", "on are as with his they", "at be this have from"]
+
+
+def settings_for(tiny, **given) -> DataSettings:
+    return DataSettings(target=tiny.target.name, target_bytes=tiny.target.stat().st_size,
+                        **{"top_k": 5, "max_tokens": 12, "temp": 1.0, "samples": 1, **given})
+
+
+@pytest.fixture(scope="module")
+def engine(tiny):
+    with Engine(EngineConfig(target=str(tiny.target), mode="none", ctx_size=256, threads=1)) as e:
+        yield e
+
+
+def test_top_logprobs_are_the_largest_sorted_and_normalised():
+    logits = np.array([[0.0, 3.0, 1.0, 2.0]])
+    ids, logprobs = top_logprobs(logits, 2)
+    assert ids.tolist() == [[1, 3]]
+    full = logits - np.log(np.exp(logits).sum())
+    assert np.allclose(logprobs, full[0, [1, 3]])
+
+
+def test_data_file_round_trips_and_holds_the_targets_greedy_choice(tiny, engine, tmp_path):
+    s = settings_for(tiny)
+    jobs = plan(TEXTS, 3, s)
+    assert [(j.split, j.variant) for j in jobs].count(("eval", "greedy")) == 1
+    assert not any(j.split == "eval" and j.variant != "greedy" for j in jobs)
+    made = generate_data(engine, tmp_path / "d.jsonl", s, jobs)
+    assert len(made) == len(jobs) == 7
+    again = read_samples(tmp_path / "d.jsonl", s)
+    assert again == made
+    for sample in made:
+        assert len(sample.top_ids) == len(sample.top_logprobs) == len(sample.output) == 12
+        assert all(np.all(np.diff(row) <= 0) and np.exp(row).sum() <= 1 + 1e-6 for row in sample.top_logprobs)
+        if sample.variant == "greedy":  # the target's greedy token is its most likely one
+            assert [row[0] for row in sample.top_ids] == sample.output
+
+
+def test_an_interrupted_run_keeps_its_samples_and_a_rerun_continues(tiny, engine, tmp_path):
+    s, path = settings_for(tiny), tmp_path / "d.jsonl"
+    jobs = plan(TEXTS, 3, s)
+    seen = []
+
+    def interrupt_after_three(sample):
+        seen.append(sample)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate_data(engine, path, s, jobs, on_sample=interrupt_after_three)
+    kept = read_samples(path, s)
+    assert kept == seen
+    with path.open("a") as f:  # an interruption in the middle of writing a line
+        f.write('{"prompt_index": 9, "variant": "gre')
+    made = []
+    complete = generate_data(engine, path, s, jobs, on_sample=made.append)
+    assert len(made) == len(jobs) - 3  # only the missing samples were generated
+    assert complete[:3] == seen
+    assert sorted(x.key for x in complete) == sorted((j.prompt_index, j.variant) for j in jobs)
+    assert read_samples(path, s) == complete
+
+
+def test_a_data_file_of_other_settings_is_refused(tiny, engine, tmp_path):
+    path = tmp_path / "d.jsonl"
+    generate_data(engine, path, settings_for(tiny), plan(TEXTS[:2], 1, settings_for(tiny)))
+    with pytest.raises(TuneError, match="other settings .*max_tokens"):
+        read_samples(path, settings_for(tiny, max_tokens=99))
+    (tmp_path / "x.jsonl").write_text('{"prompt": "not ours"}\n')
+    with pytest.raises(TuneError, match="not a specllm tune-draft data file"):
+        read_samples(tmp_path / "x.jsonl")
+
+
+def test_agreement_counts_rounds_as_greedy_speculation_would():
+    a = Agreement(k=3)
+    a.add([True, True, False, True, True, True, True])
+    # round 1 drafts 3 from 0: accepts 2, emits 3 (position 2 is the target's own);
+    # round 2 drafts 3 from 3: accepts 3, emits 4 (3 + bonus) and reaches the end.
+    assert (a.rounds, a.drafted, a.accepted, a.emitted) == (2, 6, 5, 7)
+    assert a.to_dict()["per_position_acceptance"] == [1.0, 1.0, 0.5]
+
+
+def test_the_targets_own_weights_agree_everywhere(tiny, engine, tmp_path):
+    s = settings_for(tiny, temp=0.0)
+    samples = generate_data(engine, tmp_path / "d.jsonl", s, plan(TEXTS, 2, s))
+    assert measure(tiny.draft_copy, samples, k=4, threads=1).match_rate == 1.0
+    other = measure(tiny.draft_other, samples, k=4, threads=1)
+    assert 0.2 < other.match_rate < 1.0
+
+
+# -- --draft-lora ------------------------------------------------------------------------------
+
+
+def random_adapter(path: Path, arch: str, n_embd: int = 64, rank: int = 2, scale: float = 0.5) -> Path:
+    rng = np.random.default_rng(0)
+    lora = {f"blk.{i}.attn_v.weight": (rng.standard_normal((rank, n_embd)), scale * rng.standard_normal((n_embd, rank)))
+            for i in range(2)}
+    write_adapter(path, arch, alpha=float(rank), lora=lora)
+    return path
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory) -> Path:
+    return random_adapter(tmp_path_factory.mktemp("lora") / "a.gguf", "llama")
+
+
+def test_generate_applies_the_adapter_and_says_so(tiny, adapter):
+    args = ("-m", tiny.target, "-md", tiny.draft_copy, "--mode", "draft", "-n", 24, "--json", PROMPT)
+    plain, tuned = json_result(generate(*args)), json_result(generate(*args, "--draft-lora", adapter))
+    assert plain["stats"]["draft_lora"] is None and tuned["stats"]["draft_lora"] == "a.gguf"
+    assert tuned["text"] == plain["text"]  # lossless: only the drafts change
+    assert tuned["stats"]["acceptance_rate"] < plain["stats"]["acceptance_rate"] == 1.0
+
+
+def test_the_adapter_changes_the_drafts_logits(tiny, adapter):
+    with llama.Model(tiny.draft_copy) as model:
+        tokens = model.vocab.tokenize(PROMPT)
+        with llama.Context(model, n_ctx=64, n_threads=1) as ctx:
+            plain = np.array(ctx.decode(tokens))
+            lora = llama.LoraAdapter(model, adapter)
+            llama.set_lora(ctx, lora)
+            assert ctx.tokens == []  # a cache computed without the adapter is dropped
+            changed = np.array(ctx.decode(tokens))
+            llama.set_lora(ctx, None)
+            back = np.array(ctx.decode(tokens))
+    assert np.abs(changed - plain).max() > 0.1
+    assert np.allclose(back, plain, atol=1e-4)
+
+
+def test_bench_rows_name_the_adapter(tiny, adapter):
+    result = invoke("bench", "-m", tiny.target, "-md", tiny.draft_copy, "--draft-lora", adapter, "--modes", "draft",
+                    "-k", "2", "-n", "8", "--limit", "1", "-t", "1", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["rows"]
+    assert {r["draft"] for r in rows if r["mode"] == "draft"} == {f"{tiny.draft_copy.name}+a.gguf"}
+
+
+def test_serve_loads_the_adapter_into_its_engine(tiny, adapter, monkeypatch):
+    pytest.importorskip("uvicorn", reason="the server extra is not installed")
+    from specllm.commands import serve as serve_command
+    from specllm.engine import Request
+    from specllm.server.schemas import speculative
+
+    seen = {}
+
+    def fake_run_server(engine, sock, **_):
+        generation = engine.generate(engine.tokenize_prompt(PROMPT, Request(max_tokens=4)), Request(max_tokens=4))
+        list(generation)
+        seen["speculative"] = speculative(generation.stats)
+
+    monkeypatch.setattr(serve_command, "run_server", fake_run_server)
+    result = invoke("serve", "-m", tiny.target, "-md", tiny.draft_copy, "--draft-lora", adapter, "--mode", "draft",
+                    "--port", "0", "-t", "1")
+    assert result.exit_code == 0, result.output
+    assert seen["speculative"]["draft_lora"] == "a.gguf"
+
+
+def test_the_pairs_draft_lora_applies_without_options(tiny, adapter, registry_env):
+    (registry_env / "user-models.toml").write_text(f"""
+[models.tiny-target]
+path = "{tiny.target}"
+[models.tiny-draft]
+path = "{tiny.draft_copy}"
+[pairs.default]
+target = "tiny-target"
+draft = "tiny-draft"
+mode = "draft"
+draft_lora = "{adapter}"
+""")
+    assert json_result(generate("-n", 8, "--json", PROMPT))["stats"]["draft_lora"] == "a.gguf"
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+def test_draft_lora_without_a_draft_is_a_usage_error(tiny, adapter):
+    assert_clean_error(generate("-m", tiny.target, "--draft-lora", adapter, PROMPT), 2, "--draft-lora needs a draft")
+
+
+def test_an_adapter_for_another_architecture_is_refused_in_one_line(tiny, tmp_path):
+    other = random_adapter(tmp_path / "qwen.gguf", "qwen2")
+    result = generate("-m", tiny.target, "-md", tiny.draft_copy, "--draft-lora", other, "--mode", "draft", PROMPT)
+    assert_clean_error(result, 1, "qwen.gguf", "another architecture")
+
+
+def test_an_adapter_for_another_model_is_refused_in_one_line(tiny, tmp_path):
+    wide = random_adapter(tmp_path / "wide.gguf", "llama", n_embd=96)
+    result = generate("-m", tiny.target, "-md", tiny.draft_copy, "--draft-lora", wide, "--mode", "draft", PROMPT)
+    assert_clean_error(result, 1, "wide.gguf", "incorrect shape")
+
+
+def test_a_missing_adapter_file_is_refused_in_one_line(tiny, tmp_path):
+    result = generate("-m", tiny.target, "-md", tiny.draft_copy, "--draft-lora", tmp_path / "no.gguf", PROMPT)
+    assert_clean_error(result, 1, "LoRA adapter not found")
+
+
+def test_missing_torch_names_the_install_command(tiny, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n\n".join(TEXTS))
+    result = invoke("tune-draft", tiny.target, tiny.draft_other, "--prompts", prompts)
+    assert_clean_error(result, 1, "needs PyTorch")
+    assert "pip install" in result.stderr
