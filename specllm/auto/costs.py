@@ -105,12 +105,15 @@ class CostModel:
         return self.draft_t1 * n
 
     def ratio(self, n: int) -> float:
-        """T(n) / T(1): measured in this run, else the saved profile rescaled, else fitted."""
+        """T(n) / T(1): measured in this run, else the saved profile rescaled, else fitted; never
+        below the ratio of a smaller size (a decode of more tokens does more work: a dip is noise,
+        and a size priced below a smaller one would be bet on for nothing), as a saved shape."""
         if n <= 1:
             return 1.0
         cached = self._ratios.get(n)
         if cached is None:
-            cached = self._ratios[n] = self._ratio(n)
+            below = max((m for m in self.shape if m < n), default=1)
+            cached = self._ratios[n] = max(self.ratio(below), self._ratio(n))
         return cached
 
     def _ratio(self, n: int) -> float:
