@@ -321,7 +321,7 @@ def _measure_cross_vocab(draft_model: llama.Model, target_model: llama.Model, co
 
 def _seconds_per_draft_token(ctx: llama.Context) -> float:
     timed = time_batches(ctx, (1,) * DRAFT_TIMINGS, keep_all=True)
-    return min((seconds for _, seconds in timed), default=0.0)
+    return min((seconds for _, seconds, _ in timed), default=0.0)
 
 
 def predictions(rounds: dict[int, ReplayedRounds], costs: MeasuredCosts, draft: Optional[str]) -> list[KPrediction]:
