@@ -6,9 +6,9 @@ prompt + output gives the draft's greedy choice at every position. A round that 
 from position i accepts the run of matches starting at i (stopping at the first miss) and
 emits one more token of the target's own.
 
-NOTE for the lead: `specllm drafts` (specllm/drafting/selection.py, branch i22) has its own
-teacher-forced measurement; this one was written apart because that module was not merged yet.
-The two should become one.
+The teacher-forced pass is ModelDrafter.greedy_choices, the one `specllm drafts` makes; the
+rounds are counted here (Agreement.add) apart from drafting/replay.py, which plays them for
+every k at once with the loop's stopping rules.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 
 from .. import llama
+from ..drafting.base import ModelDrafter
 from .data import Sample
 
 
@@ -82,17 +82,10 @@ class Agreement:
 
 
 def draft_hits(context: llama.Context, sample: Sample) -> list[bool]:
-    """Teacher-forced: for each output token, whether the draft's greedy choice was that token."""
-    context.clear()
-    if len(sample.prompt) > 1:
-        context.decode(sample.prompt[:-1])
-    inputs = [sample.prompt[-1], *sample.output[:-1]]
-    hits: list[bool] = []
-    for start in range(0, len(inputs), context.n_batch):
-        logits = context.decode(inputs[start:start + context.n_batch], all_logits=True)
-        expected = sample.output[start:start + len(logits)]
-        hits += (np.argmax(logits, axis=-1) == np.asarray(expected)).tolist()
-    return hits
+    """Teacher-forced: for each output token, whether the draft's greedy choice was that token
+    (the same pass `specllm drafts` makes: ModelDrafter.greedy_choices)."""
+    choices = ModelDrafter(context, context.n_vocab).greedy_choices(sample.prompt, sample.output)
+    return [choice == token for choice, token in zip(choices, sample.output)]
 
 
 def measure(draft_path: Path, samples: Sequence[Sample], *, k: int, lora: Optional[Path] = None,
