@@ -268,3 +268,30 @@ def test_generate_writes_a_trace_of_every_round(tiny, tmp_path):
     assert sum(r.accepted for r in rounds) == result["stats"]["accepted"]
     assert all(len(r.predicted) == r.drafted and r.cost_steps > 0 for r in rounds)
     assert_clean_error(generate("-m", tiny.target, "--mode", "none", "--trace", path, "hi"), 2, "--trace")
+
+
+def test_a_model_draft_is_priced_without_the_history_the_model_caught_up_on():
+    # A look after many plain rounds first decodes those rounds' tokens into the draft's cache;
+    # timed as drafting, the model's tokens once looked dearer than the target's on a CPU where
+    # they cost 0.44 of its step, and the model was never used.
+    from specllm.drafting.base import CatchUp
+
+    class SlowCatchUp(ConfidentModel):
+        def propose(self, history, k, choose, keep_drafting=None) -> Draft:
+            import time
+            time.sleep(0.05)  # 16 tokens of history caught up on
+            self.catch_up = CatchUp(16, 0.05)
+            return Draft(tokens=[1, 2], source="model", confidence=[0.95, 0.95])
+
+    from specllm.auto.contention import ContentionMeter
+
+    class QuietMachine(ContentionMeter):  # the sleep stands for decoding: judge it quiet
+        def judge(self, wall: float, cpu: float) -> bool:
+            return False
+
+    costs = measured(flat_steps)
+    costs.draft_t1, costs.draft_t1_fresh, costs.meter = 0.0, 0, QuietMachine()
+    policy = AutoPolicy([], SlowCatchUp(), max_k=4, costs=costs)
+    policy.begin([1, 2, 3])
+    draft = policy._model_draft([1, 2, 3], 4, CHOOSE, "look")
+    assert draft.tokens and 0 <= costs.draft_t1 < 0.01

@@ -56,3 +56,25 @@ def test_index_matches_a_brute_force_search():
                 expected = h[starts[-1] + n : starts[-1] + n + 4]
                 break
         assert d.propose(h, 4, None).tokens == expected
+
+
+def test_a_model_drafter_reports_the_history_it_caught_up_on_apart_from_its_drafts(tiny):
+    # Auto mode prices a draft token without this catch-up (a switching cost): after ten tokens
+    # of plain rounds the first propose decodes those ten, a propose right after only its own.
+    from specllm.drafting.base import ModelDrafter
+    from specllm.llama import Context, Model
+    from specllm.sampling import DraftChooser, Sampler, SamplingParams
+
+    choose = DraftChooser(Sampler(SamplingParams()), 0)
+    model = Model(tiny.draft_copy)
+    with Context(model, n_ctx=128, n_threads=1) as ctx:
+        drafter = ModelDrafter(ctx, model.vocab.n_tokens)
+        history = model.vocab.tokenize("def return import from class self if else")
+        drafter.begin(history[:2])
+        assert drafter.catch_up.tokens == 0
+        draft = drafter.propose(history, 3, choose)
+        assert drafter.catch_up.tokens == len(history) - 2 and drafter.catch_up.seconds > 0
+        # The drafts were all accepted plus one token of the target's: only the last draft is new.
+        drafter.propose(history + draft.tokens + [draft.tokens[0]], 3, choose)
+        assert drafter.catch_up.tokens == 1
+    model.close()

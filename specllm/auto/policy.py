@@ -38,7 +38,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..drafting.base import NO_DRAFT, Draft, Drafter
+from ..drafting.base import NO_DRAFT, CatchUp, Draft, Drafter
 from ..sampling import DraftChooser
 from .acceptance import best_draft_length, draft_rates, expected_tokens, first_round_of_two
 from .contention import ContentionMeter, Span
@@ -261,6 +261,10 @@ class AutoPolicy:
 
         draft = self.model.propose(history, k_max, choose, keep_drafting)
         seconds, busy = self.costs.meter.stop(span)
+        # Without the history it caught up on: after plain or lookup rounds that is a cost of
+        # switching to the model, once, and counted as drafting it made the model's tokens look
+        # dearer than the target's (a look after 16 plain rounds decodes 16 tokens first).
+        seconds = max(seconds - getattr(self.model, "catch_up", CatchUp()).seconds, 0.0)
         if draft.tokens:
             self.costs.observe_draft(len(draft), seconds, busy)
         alphas = [self.learned.confidence.alpha(c) for c in draft.confidence or []]

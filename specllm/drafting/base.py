@@ -7,6 +7,7 @@ speculative sampling). An n-gram draft has no q: its tokens are point masses.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
@@ -63,6 +64,14 @@ class Drafter(Protocol):
         """Up to k tokens that might follow `history`."""
 
 
+@dataclass(frozen=True)
+class CatchUp:
+    """History tokens a model drafter decoded before drafting (not drafts), and how long it took."""
+
+    tokens: int = 0
+    seconds: float = 0.0
+
+
 class ModelDrafter:
     """A smaller model of the same vocabulary, on its own llama.cpp context.
 
@@ -82,18 +91,20 @@ class ModelDrafter:
         self.suppressed = np.asarray([t for t in suppressed if t < self.n_shared], dtype=np.int64)
         # The common case (same vocabulary, nothing masked) reads the logits in place.
         self._same_ids = n_target_vocab == context.n_vocab and not self.suppressed.size
+        self.catch_up = CatchUp()  # the last propose's (auto mode prices drafting without it)
 
     def begin(self, prompt: Sequence[int]) -> None:
         if len(prompt) < self.context.n_ctx:  # a longer prompt: this drafter sits the generation out
             self._sync(self._readable(prompt[:-1]))
 
-    def _sync(self, tokens: Sequence[int]) -> None:
+    def _sync(self, tokens: Sequence[int]) -> int:
         ctx = self.context
         ctx.resync()  # an interrupted decode may have left the cache and its mirror apart
         ctx.truncate(common_prefix_length(ctx.tokens, tokens))
         missing = list(tokens[ctx.n_past :])
         if missing:
             ctx.decode(missing)
+        return len(missing)
 
     def propose(
         self, history: Sequence[int], k: int, choose: DraftChooser, keep_drafting: KeepDrafting | None = None
@@ -104,8 +115,13 @@ class ModelDrafter:
             return NO_DRAFT
         if self.n_target_vocab > ctx.n_vocab:
             history = self._readable(history)
-        # Keep all but the last history token, then decode it to get the next logits.
-        self._sync(history[:-1])
+        # Keep all but the last history token (catching up on what this drafter has not seen),
+        # then decode the last one to get the first draft's logits. The catch-up is timed apart:
+        # after plain or lookup rounds it is a cost of switching to the model, not of drafting,
+        # and auto mode prices draft tokens without it.
+        start = time.perf_counter()
+        n_missing = self._sync(history[:-1])
+        self.catch_up = CatchUp(n_missing, time.perf_counter() - start)
         logits = ctx.decode([history[-1]])[0]
         draft = Draft(source="model", probs=[] if choose.kind == "rejection" else None, confidence=[])
         for i in range(k):
