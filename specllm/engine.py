@@ -219,7 +219,7 @@ class Engine:
         max_batch = min(cfg.k + 1, self.target.n_batch)
         if self.costs.load(cost_profile_path(), key):
             # The saved profile is a prior; this machine's speed now is measured, not assumed.
-            self.costs.measure_speed(self.target)
+            self.costs.measure_speed(self.target, self.draft)
         else:
             self.costs.calibrate(self.target, self.draft, max_batch=max_batch)
             self.costs.save(cost_profile_path(), key)

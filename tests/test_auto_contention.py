@@ -191,3 +191,22 @@ def test_the_meter_judges_by_cpu_share():
     assert not meter.judge(wall=0.1, cpu=0.095)
     assert meter.judge(wall=0.1, cpu=0.1 * MIN_QUIET_SHARE * 0.9)
     assert not meter.judge(wall=0.001, cpu=0.0)  # too short to judge
+
+
+def test_a_saved_draft_time_is_measured_again_at_the_start_of_a_run(tiny):
+    # A saved draft time that is too high (once: a catch-up timed as drafting) would keep the
+    # draft model from ever being looked at, so it would never be corrected by its rounds.
+    class QuietMachine(ContentionMeter):  # this test is about the remeasure, not contention
+        def judge(self, wall: float, cpu: float) -> bool:
+            return False
+
+    costs = quiet_costs()
+    costs.draft_t1, costs.meter = 10.0, QuietMachine()
+    target, draft = Model(tiny.target), Model(tiny.draft_copy)
+    try:
+        with Context(target, n_ctx=256, n_threads=1) as t_ctx, Context(draft, n_ctx=256, n_threads=1) as d_ctx:
+            costs.measure_speed(t_ctx, d_ctx)
+    finally:
+        target.close()
+        draft.close()
+    assert 0 < costs.draft_t1 < 1.0 and costs.draft_t1_fresh

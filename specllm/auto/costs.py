@@ -207,11 +207,14 @@ class CostModel:
             self.draft_t1_fresh += 1
 
     # --- measuring ------------------------------------------------------------------------
-    def measure_speed(self, target: "Context") -> None:
+    def measure_speed(self, target: "Context", draft: Optional["Context"] = None) -> None:
         """This machine's speed now, before the first round: T(1) (a saved one may come from a
         busy spell, or a quieter one) and two more sizes, so that a saved shape that is off is
-        rescaled from the start (see ratio). Decodes timed on a busy machine are dropped: the
-        saved profile stands until quiet decodes correct it."""
+        rescaled from the start (see ratio), and the draft model's T(1): a saved one that is
+        too high would keep the model from ever being looked at, so never corrected. Decodes
+        timed on a busy machine are dropped: the saved profile stands until quiet decodes
+        correct it."""
+        self._measure_draft(draft)
         timed = time_batches(target, LOAD_CHECK_SIZES, keep_all=True, meter=self.meter)
         plain = [seconds for n, seconds, busy in timed if n == 1 and not busy]
         if not plain:
@@ -250,12 +253,18 @@ class CostModel:
         for n, ratio in _monotone({n: p.ratio for n, p in self.shape.items()}).items():
             if not self.shape[n].fresh:
                 self.shape[n].ratio = self.shape[n].saved = ratio
-        if draft is not None:
-            timed = time_batches(draft, (1, 1), keep_all=True, meter=self.meter)
-            quiet_draft = [seconds for _, seconds, busy in timed if not busy]
-            if timed:
-                self.draft_t1 = min(quiet_draft or [seconds for _, seconds, _ in timed])
-                self.draft_t1_fresh = int(bool(quiet_draft))
+        self._measure_draft(draft)
+
+    def _measure_draft(self, draft: Optional["Context"]) -> None:
+        """The draft model's one-token decode, timed now: a saved time is a prior only."""
+        if draft is None:
+            return
+        timed = time_batches(draft, (1, 1), keep_all=True, meter=self.meter)
+        quiet_draft = [seconds for _, seconds, busy in timed if not busy]
+        if quiet_draft:
+            self.draft_t1, self.draft_t1_fresh = min(quiet_draft), 1
+        elif timed and not self.draft_t1:
+            self.draft_t1 = min(seconds for _, seconds, _ in timed)
 
     # --- the profile kept between runs ------------------------------------------------------
     def save(self, path: Path, key: str) -> None:
