@@ -14,6 +14,7 @@ from helpers import PROMPT, assert_clean_error, generate, invoke, json_result
 from specllm import llama
 from specllm.engine import Engine, EngineConfig
 from specllm.errors import TuneError
+from specllm.drafting.replay import RecordedOutput
 from specllm.tune.agreement import Agreement, measure
 from specllm.tune.data import DataSettings, generate_data, plan, read_samples, top_logprobs
 from specllm.tune.export import write_adapter
@@ -90,13 +91,24 @@ def test_a_data_file_of_other_settings_is_refused(tiny, engine, tmp_path):
         read_samples(tmp_path / "x.jsonl")
 
 
-def test_agreement_counts_rounds_as_greedy_speculation_would():
+def test_agreement_plays_the_rounds_of_replay_with_the_loops_stopping_rules():
+    y = [10, 11, 12, 13, 14, 15, 16]
     a = Agreement(k=3)
-    a.add([True, True, False, True, True, True, True])
+    a.add(RecordedOutput([1], y, None, len(y)), [10, 11, 99, 13, 14, 15, 16])
     # round 1 drafts 3 from 0: accepts 2, emits 3 (position 2 is the target's own);
     # round 2 drafts 3 from 3: accepts 3, emits 4 (3 + bonus) and reaches the end.
-    assert (a.rounds, a.drafted, a.accepted, a.emitted) == (2, 6, 5, 7)
+    assert (a.stats.rounds, a.stats.drafted, a.stats.accepted, a.stats.generated) == (2, 6, 5, 7)
     assert a.to_dict()["per_position_acceptance"] == [1.0, 1.0, 0.5]
+    assert (a.positions, a.matches) == (7, 6)
+    # The loop never drafts a token it could not emit: 6 tokens at k = 4 are one round of 4
+    # drafts (5 emitted), then one plain round.
+    b = Agreement(k=4)
+    b.add(RecordedOutput([1], y[:6], None, 6), y[:6])
+    assert (b.stats.rounds, b.stats.drafted, b.stats.accepted) == (2, 4, 4)
+    # An output that ended on its end-of-generation token (7): the draft that drafts it is accepted.
+    c = Agreement(k=4)
+    c.add(RecordedOutput([1], y[:2], 7, 10), [10, 11, 7], is_draft_eog=lambda t: t == 7)
+    assert (c.stats.rounds, c.stats.drafted, c.stats.accepted, c.stats.generated) == (1, 3, 3, 2)
 
 
 def test_the_targets_own_weights_agree_everywhere(tiny, engine, tmp_path):

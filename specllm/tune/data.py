@@ -7,9 +7,12 @@ One JSON line per sample, after a header line that says how the file was made:
      "top_ids": [[k ids] per output token], "top_logprobs": [[k log-probabilities] ...]}
 
 Row j of top_ids/top_logprobs is the target's distribution for output[j] (after prompt +
-output[:j]). Each line is written and flushed as soon as its sample is made: an interrupted run
-keeps what it generated, and a rerun skips the (prompt, variant) pairs already in the file. A
-last line cut off by the interruption is dropped and made again.
+output[:j]), read off the very row the generation chose output[j] from (TopKRecorder). The
+samples are generated engine.n_slots at a time (--parallel) in one shared decode per round, as
+`generate --jsonl --parallel N` runs (batch.py); each line is written and flushed as soon as
+its sample is finished, in whatever order they finish: an interrupted run keeps what it
+generated, and a rerun skips the (prompt, variant) pairs already in the file. A last line cut
+off by the interruption is dropped and made again.
 """
 
 from __future__ import annotations
@@ -18,13 +21,16 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from contextlib import closing
+from typing import Callable, Hashable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from ..batch import Scheduler
 from ..engine import Engine, Request
 from ..errors import TuneError
-from ..sampling import SamplingParams
+from ..sampling import Sampler, SamplingParams
+from ..speculative import Generation
 
 FORMAT_VERSION = 1
 LOGPROB_DECIMALS = 4  # enough for a KL loss; keeps the file about half the size of full floats
@@ -56,6 +62,9 @@ class Sample:
     output: list[int]
     top_ids: list[list[int]] = field(default_factory=list)
     top_logprobs: list[list[float]] = field(default_factory=list)
+    # The end-of-generation token that ended the output; None: it ran out of tokens (or the file
+    # predates this field).
+    end_token: Optional[int] = None
 
     @property
     def key(self) -> tuple[int, str]:
@@ -141,8 +150,9 @@ class DataWriter:
 
 def top_logprobs(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row: the k most likely ids (most likely first) and their log-probabilities."""
-    logits = logits.astype(np.float64)
-    log_z = np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+    logits = np.asarray(logits, dtype=np.float64)
+    peak = logits.max(axis=-1, keepdims=True)
+    log_z = peak + np.log(np.exp(logits - peak).sum(axis=-1, keepdims=True))
     ids = np.argpartition(-logits, k - 1, axis=-1)[:, :k]
     values = np.take_along_axis(logits, ids, axis=-1)
     order = np.argsort(-values, axis=-1)
@@ -150,51 +160,107 @@ def top_logprobs(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, values - log_z
 
 
-def teacher_forced_logits(engine: Engine, prompt: Sequence[int], output: Sequence[int]) -> Iterator[np.ndarray]:
-    """The target's logits for each output token (row j predicts output[j]), in chunks of at
-    most n_batch rows. The prompt's cache is reused from the generation that made `output`."""
-    ctx = engine.target
-    ctx.truncate(len(prompt) - 1)
-    if ctx.tokens != list(prompt[:-1]):
-        ctx.clear()
-        if len(prompt) > 1:
-            ctx.decode(prompt[:-1])
-    inputs = [prompt[-1], *output[:-1]]
-    for start in range(0, len(inputs), ctx.n_batch):
-        yield ctx.decode(inputs[start:start + ctx.n_batch], all_logits=True)
+class TopKRecorder(Sampler):
+    """A plain generation's sampler that keeps the target's top-k at every output position.
+
+    In plain decoding (mode none) each round decodes the last token alone and verifies nothing:
+    its one logits row is the target's distribution of the next output token given the prompt
+    and the output so far, which is exactly the teacher-forced row. So the rows are read as the
+    generation chooses from them, and no second pass over the output is needed.
+    """
+
+    def __init__(self, params: SamplingParams, kind: str, seed: int, top_k: int):
+        super().__init__(params, kind, seed)
+        self.top_k = top_k
+        self.top_ids: list[list[int]] = []
+        self.top_logprobs: list[list[float]] = []
+
+    def verify(self, logits_tgt: np.ndarray, draft_tokens, draft_probs, t0: int) -> tuple[int, int]:
+        if len(draft_tokens):
+            raise ValueError("TopKRecorder reads plain decoding's rows: a drafted row is not teacher-forced")
+        ids, logprobs = top_logprobs(logits_tgt[:1], self.top_k)
+        self.top_ids.append(ids[0].tolist())
+        self.top_logprobs.append(np.round(logprobs[0], LOGPROB_DECIMALS).tolist())
+        return super().verify(logits_tgt, draft_tokens, draft_probs, t0)
 
 
-def make_sample(engine: Engine, job: Job, settings: DataSettings) -> Sample:
-    request = Request(max_tokens=settings.max_tokens, params=SamplingParams(temperature=job.temp), seed=job.seed,
-                      chat=settings.chat, mode="none")
-    prompt = engine.tokenize_prompt(job.text, request)
-    generation = engine.generate(prompt, request)
-    for _ in generation:
-        pass
-    sample = Sample(job.prompt_index, job.variant, job.split, list(prompt), list(generation.tokens))
-    if sample.output:
-        for logits in teacher_forced_logits(engine, prompt, sample.output):
-            ids, logprobs = top_logprobs(logits, settings.top_k)
-            sample.top_ids += ids.tolist()
-            sample.top_logprobs += np.round(logprobs, LOGPROB_DECIMALS).tolist()
-    return sample
+@dataclass(frozen=True)
+class Started:
+    """One generation the batch runs: the caller's tag, its prompt and its sampler."""
+
+    tag: Hashable
+    prompt: list[int]
+    generation: Generation
+
+
+def run_batched(engine: Engine, items: Iterable[tuple[Hashable, str, Request]],
+                sampler_for: Optional[Callable[[Request, int], Sampler]] = None) -> Iterator[Started]:
+    """Generate every (tag, prompt text, request), up to engine.n_slots at once in one shared
+    decode per round (batch.py, as `generate --jsonl --parallel N`); yield each as it finishes,
+    in the order they finish. `sampler_for(request, seed)` replaces a generation's sampler.
+    Closing the iterator (an interruption) drops the generations under way."""
+    scheduler = Scheduler(engine)
+    pending = iter(items)
+    prompts: dict[int, list[int]] = {}
+    try:
+        while True:
+            while scheduler.n_free:
+                item = next(pending, None)
+                if item is None:
+                    break
+                tag, text, request = item
+                prompt = engine.tokenize_prompt(text, request)
+                active = scheduler.start(prompt, request, tag)
+                if sampler_for is not None:
+                    active.generation.sampler = sampler_for(request, active.generation.seed)
+                prompts[id(active)] = list(prompt)
+            if not scheduler.active:
+                return
+            for active, _ in scheduler.round():
+                if active.finished:
+                    yield Started(active.tag, prompts.pop(id(active)), active.generation)
+    finally:
+        scheduler.close()
+
+
+def job_request(job: Job, settings: DataSettings) -> Request:
+    return Request(max_tokens=settings.max_tokens, params=SamplingParams(temperature=job.temp), seed=job.seed,
+                   chat=settings.chat, mode="none")
+
+
+def make_samples(engine: Engine, jobs: Sequence[Job], settings: DataSettings) -> Iterator[Sample]:
+    """Each job's sample as it finishes (engine.n_slots jobs decode together)."""
+
+    def recorder(request: Request, seed: int) -> TopKRecorder:
+        return TopKRecorder(request.params, request.sampler, seed, settings.top_k)
+
+    items = ((job, job.text, job_request(job, settings)) for job in jobs)
+    with closing(run_batched(engine, items, recorder)) as finished:
+        for done in finished:
+            job, generation = done.tag, done.generation
+            output = list(generation.tokens)
+            recorded = generation.sampler
+            # A last row chose the end-of-generation token, which is not part of the output.
+            yield Sample(job.prompt_index, job.variant, job.split, done.prompt, output,
+                         recorded.top_ids[:len(output)], recorded.top_logprobs[:len(output)], generation.end_token)
 
 
 def generate_data(engine: Engine, path: Path, settings: DataSettings, jobs: Sequence[Job],
                   on_sample: Callable[[Sample], None] = lambda s: None) -> list[Sample]:
-    """Every job's sample: those already in the file, then the missing ones made and appended."""
+    """Every job's sample: those already in the file, then the missing ones made and appended as
+    they finish (in any order: a rerun finds them by key). Returned in the jobs' order (then any
+    other sample of the file), whatever order they were made in."""
     kept = read_samples(path, settings)
-    done = {s.key for s in kept}
+    by_key = {s.key: s for s in kept}
     writer = DataWriter(path, settings, kept)
-    samples = list(kept)
+    missing = [job for job in jobs if (job.prompt_index, job.variant) not in by_key]
     try:
-        for job in jobs:
-            if (job.prompt_index, job.variant) in done:
-                continue
-            sample = make_sample(engine, job, settings)
-            writer.write(sample)
-            samples.append(sample)
-            on_sample(sample)
+        with closing(make_samples(engine, missing, settings)) as made:
+            for sample in made:
+                writer.write(sample)
+                by_key[sample.key] = sample
+                on_sample(sample)
     finally:
         writer.close()
-    return samples
+    in_order = [by_key.pop((job.prompt_index, job.variant)) for job in jobs]
+    return in_order + list(by_key.values())
