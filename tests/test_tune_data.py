@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import PROMPT, assert_clean_error, generate, invoke, json_result
+from tiny_models import build_tiny_model
 from specllm import llama
 from specllm.engine import Engine, EngineConfig
 from specllm.errors import TuneError
@@ -79,6 +80,74 @@ def test_an_interrupted_run_keeps_its_samples_and_a_rerun_continues(tiny, engine
     assert complete[:3] == seen
     assert sorted(x.key for x in complete) == sorted((j.prompt_index, j.variant) for j in jobs)
     assert read_samples(path, s) == complete
+
+
+# What llama.cpp's rounding moves a log-probability by when the rows are decoded in other batches
+# (other sequences beside them, or the whole output at once): the 4-decimal file keeps the rest.
+BATCH_LOGPROB_TOLERANCE = 1e-3
+
+
+def assert_same_samples(got, expected) -> None:
+    """The same samples: keys, tokens and top-k ids exactly, log-probabilities within the tolerance."""
+    assert [x.key for x in got] == [x.key for x in expected]
+    for a, b in zip(got, expected):
+        assert (a.prompt, a.output, a.top_ids, a.end_token) == (b.prompt, b.output, b.top_ids, b.end_token), a.key
+        assert np.allclose(a.top_logprobs, b.top_logprobs, atol=BATCH_LOGPROB_TOLERANCE), a.key
+
+
+@pytest.fixture(scope="module")
+def batched_engine(tiny):
+    with Engine(EngineConfig(target=str(tiny.target), mode="none", ctx_size=256, threads=1, parallel=3)) as e:
+        yield e
+
+
+def test_samples_made_in_a_shared_batch_are_those_made_alone(tiny, engine, batched_engine, tmp_path):
+    """--parallel: the same samples (greedy and sampled, seeded per sample) as one at a time,
+    the log-probabilities within llama.cpp's batch non-invariance; the top-k rows are those a
+    separate teacher-forced pass over prompt + output gives."""
+    s = settings_for(tiny)
+    jobs = plan(TEXTS, 3, s)
+    alone = generate_data(engine, tmp_path / "alone.jsonl", s, jobs)
+    together = generate_data(batched_engine, tmp_path / "together.jsonl", s, jobs)
+    assert [x.key for x in together] == [x.key for x in alone] == [(j.prompt_index, j.variant) for j in jobs]
+    assert_same_samples(together, alone)
+    for sample in alone:  # one teacher-forced decode over the whole output gives the same rows
+        ctx = engine.target
+        ctx.clear()
+        logits = ctx.decode(sample.prompt + sample.output[:-1], all_logits=True)[len(sample.prompt) - 1:]
+        ids, logprobs = top_logprobs(logits, s.top_k)
+        assert ids.tolist() == sample.top_ids
+        assert np.allclose(logprobs, sample.top_logprobs, atol=BATCH_LOGPROB_TOLERANCE)
+
+
+def test_samples_finished_out_of_order_resume_by_key(tmp_path):
+    """A target that ends its answers after 2-8 tokens: in a batch the jobs finish out of their
+    order. An interruption keeps those written, and a rerun makes exactly the others and
+    returns every sample in the jobs' order."""
+    target = build_tiny_model(tmp_path / "eos_target.gguf", eos_rate=0.3)
+    s = DataSettings(target=target.name, target_bytes=target.stat().st_size, top_k=5, max_tokens=12, temp=1.0)
+    jobs, path = plan(TEXTS, 4, s), tmp_path / "d.jsonl"
+    keys = [(j.prompt_index, j.variant) for j in jobs]
+    with Engine(EngineConfig(target=str(target), mode="none", ctx_size=256, threads=1, parallel=3)) as engine:
+        order = []
+        whole = generate_data(engine, tmp_path / "whole.jsonl", s, jobs, on_sample=lambda x: order.append(x.key))
+        assert order != keys, "every sample finished in the jobs' order: pick other prompts"
+        assert any(x.end_token is not None for x in whole)
+        written = []
+
+        def interrupt_after_three(sample):
+            written.append(sample.key)
+            if len(written) == 3:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            generate_data(engine, path, s, jobs, on_sample=interrupt_after_three)
+        assert [x.key for x in read_samples(path, s)] == written == order[:3]
+        made = []
+        complete = generate_data(engine, path, s, jobs, on_sample=lambda x: made.append(x.key))
+    assert sorted(made + written) == sorted(keys) and not set(made) & set(written)
+    assert_same_samples(complete, whole)  # in the jobs' order, as the run never interrupted
+    assert sorted(read_samples(path, s), key=lambda x: x.key) == sorted(complete, key=lambda x: x.key)
 
 
 def test_a_data_file_of_other_settings_is_refused(tiny, engine, tmp_path):
