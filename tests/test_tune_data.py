@@ -19,6 +19,7 @@ from specllm.drafting.replay import RecordedOutput
 from specllm.tune.agreement import Agreement, measure
 from specllm.tune.data import DataSettings, generate_data, plan, read_samples, top_logprobs
 from specllm.tune.export import write_adapter
+from specllm.tune.synthetic import clean, distinct, synthetic_prompts
 
 TEXTS = ["the of and to in is", "it you that he was for", "on are as with his they", "at be this have from"]
 
@@ -158,6 +159,55 @@ def test_a_data_file_of_other_settings_is_refused(tiny, engine, tmp_path):
     (tmp_path / "x.jsonl").write_text('{"prompt": "not ours"}\n')
     with pytest.raises(TuneError, match="not a specllm tune-draft data file"):
         read_samples(tmp_path / "x.jsonl")
+
+
+# -- synthetic prompts -----------------------------------------------------------------------
+
+
+def test_the_target_writes_distinct_synthetic_prompts_and_an_interrupted_run_resumes(tiny, batched_engine, tmp_path):
+    whole = synthetic_prompts(batched_engine, tmp_path / "whole.jsonl", TEXTS, 5)
+    assert len(whole) == 5 and len({" ".join(t.split()) for t in whole}) == 5
+    assert not set(whole) & set(TEXTS) and all(t.strip() for t in whole)
+    path, heard = tmp_path / "s.jsonl", []
+
+    def interrupt_after_two(text):
+        heard.append(text)
+        if len(heard) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        synthetic_prompts(batched_engine, path, TEXTS, 5, on_prompt=interrupt_after_two)
+    assert len(path.read_text().splitlines()) == 3  # the header and the two attempts made
+    again = []
+    assert synthetic_prompts(batched_engine, path, TEXTS, 5, on_prompt=again.append) == whole
+    assert len(again) >= 3  # only the missing attempts were made
+    with pytest.raises(TuneError, match="other settings .*seed"):
+        synthetic_prompts(batched_engine, path, TEXTS, 5, seed=1)
+
+
+def test_duplicates_and_real_prompts_are_not_synthetic_prompts():
+    attempts = {0: "def f(x):", 3: "  def   f(x):  ", 1: TEXTS[0], 2: "", 4: "def g(y):", 5: "def h():"}
+    assert distinct(attempts, TEXTS, 2) == ["def f(x):", "def g(y):"]
+    assert clean("```python\ndef f(x):\n    pass\n```") == "def f(x):\n    pass"
+
+
+def test_synthetic_prompts_are_training_prompts_after_the_real_ones(tiny):
+    s = settings_for(tiny, samples=1)
+    jobs = plan(TEXTS, 3, s, synthetic=["def a():", "def b():"])
+    synthetic = [j for j in jobs if j.prompt_index >= len(TEXTS)]
+    assert {(j.prompt_index, j.text) for j in synthetic} == {(4, "def a():"), (5, "def b():")}
+    assert {j.split for j in synthetic} == {"train"} and len(synthetic) == 4  # greedy + one sampled each
+    real = plan(TEXTS, 3, s)
+    assert jobs[:len(real)] == real  # the real prompts' jobs (and keys) stay as they were
+
+
+@pytest.mark.parametrize("args, fragment", [(["--parallel", "0"], "--parallel must be between"),
+                                            (["--synthetic", "-1"], "--synthetic must be >= 0")])
+def test_bad_data_options_are_one_usage_line(tiny, tmp_path, args, fragment):
+    pytest.importorskip("torch", reason="tune-draft asks for torch before it reads its options")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n\n".join(TEXTS))
+    assert_clean_error(invoke("tune-draft", tiny.target, tiny.draft_other, "--prompts", prompts, *args), 2, fragment)
 
 
 def test_agreement_plays_the_rounds_of_replay_with_the_loops_stopping_rules():

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from contextlib import closing
 from typing import Callable, Hashable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -83,12 +83,13 @@ class Job:
     seed: int
 
 
-def plan(texts: Sequence[str], n_train: int, s: DataSettings) -> list[Job]:
+def plan(texts: Sequence[str], n_train: int, s: DataSettings, synthetic: Sequence[str] = ()) -> list[Job]:
     """Greedy and sampled jobs for the training prompts (texts[:n_train]); greedy only for the
-    held-out ones after them: acceptance is measured on greedy outputs."""
+    held-out ones after them: acceptance is measured on greedy outputs. Synthetic prompts are
+    training prompts numbered after all the real ones (--synthetic)."""
     jobs = []
-    for i, text in enumerate(texts):
-        split = "train" if i < n_train else "eval"
+    for i, text in enumerate([*texts, *synthetic]):
+        split = "train" if i < n_train or i >= len(texts) else "eval"
         jobs.append(Job(i, text, "greedy", split, 0.0, s.seed))
         if split == "train" and s.temp > 0:
             jobs += [Job(i, text, f"sampled-{n}", split, s.temp, s.seed + 1 + n + i * s.samples)
@@ -96,52 +97,69 @@ def plan(texts: Sequence[str], n_train: int, s: DataSettings) -> list[Job]:
     return jobs
 
 
-def read_samples(path: Path, settings: Optional[DataSettings] = None) -> list[Sample]:
-    """The samples in a data file; with `settings`, the file must have been made with them."""
+def read_json_lines(path: Path, marker: str, expected: Optional[dict], what: str, hint: str) -> list[dict]:
+    """The entries of a resumable JSON-lines file whose header holds `marker` (its format
+    version); with `expected`, the header must be that. A line cut off by an interruption ends
+    the entries (it and anything after is made again). A missing or empty file has none."""
     try:
         lines = path.read_bytes().split(b"\n")
     except FileNotFoundError:
         return []
     except OSError as e:
-        raise TuneError(f"cannot read the data file {path}: {e.strerror or e}") from None
+        raise TuneError(f"cannot read the {what} {path}: {e.strerror or e}") from None
+    if lines[0].strip() == b"":  # an empty file (interrupted before its header)
+        return []
     try:
         header = json.loads(lines[0])
-    except (json.JSONDecodeError, IndexError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError):
         header = None
-    if not isinstance(header, dict) or header.get("specllm_tune_data") != FORMAT_VERSION:
-        if lines[0].strip() == b"":  # an empty file (interrupted before its header)
-            return []
-        raise TuneError(f"{path} is not a specllm tune-draft data file")
-    if settings is not None and header != settings.header():
-        changed = sorted(k for k, v in settings.header().items() if header.get(k) != v)
-        raise TuneError(f"{path} was made with other settings ({', '.join(changed)})",
-                        hint="use the same settings to continue it, or another --data file")
-    samples = []
+    if not isinstance(header, dict) or header.get(marker) != FORMAT_VERSION:
+        raise TuneError(f"{path} is not a specllm {what}")
+    if expected is not None and header != expected:
+        changed = sorted(k for k, v in expected.items() if header.get(k) != v)
+        raise TuneError(f"{path} was made with other settings ({', '.join(changed)})", hint=hint)
+    entries = []
     for line in lines[1:]:
         if not line.strip():
             continue
         try:
-            samples.append(Sample(**json.loads(line)))
-        except (json.JSONDecodeError, TypeError, UnicodeDecodeError):
-            break  # the line an interruption cut off: it and anything after is made again
+            entry = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            break
+        if not isinstance(entry, dict):
+            break
+        entries.append(entry)
+    return entries
+
+
+def read_samples(path: Path, settings: Optional[DataSettings] = None) -> list[Sample]:
+    """The samples in a data file; with `settings`, the file must have been made with them."""
+    entries = read_json_lines(path, "specllm_tune_data", settings.header() if settings else None,
+                              "tune-draft data file", "use the same settings to continue it, or another --data file")
+    samples = []
+    for entry in entries:
+        try:
+            samples.append(Sample(**entry))
+        except TypeError:
+            break  # not a sample: the line an interruption cut off
     return samples
 
 
-class DataWriter:
-    """Appends samples to the data file, one flushed line each; rewrites a cut-off tail first."""
+class JsonLinesWriter:
+    """Appends entries to a resumable JSON-lines file, one flushed line each. The header and the
+    entries kept are written first, atomically: a tail cut off by an interruption goes."""
 
-    def __init__(self, path: Path, settings: DataSettings, kept: Sequence[Sample]):
+    def __init__(self, path: Path, header: dict, kept: Iterable[dict]):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as f:  # header + the intact samples, atomically
-            f.write(json.dumps(settings.header()) + "\n")
-            for sample in kept:
-                f.write(json.dumps(asdict(sample)) + "\n")
+        with tmp.open("w", encoding="utf-8") as f:
+            for entry in (header, *kept):
+                f.write(json.dumps(entry) + "\n")
         os.replace(tmp, path)
         self._file = path.open("a", encoding="utf-8")
 
-    def write(self, sample: Sample) -> None:
-        self._file.write(json.dumps(asdict(sample)) + "\n")
+    def write(self, entry: dict) -> None:
+        self._file.write(json.dumps(entry) + "\n")
         self._file.flush()
 
     def close(self) -> None:
@@ -252,12 +270,12 @@ def generate_data(engine: Engine, path: Path, settings: DataSettings, jobs: Sequ
     other sample of the file), whatever order they were made in."""
     kept = read_samples(path, settings)
     by_key = {s.key: s for s in kept}
-    writer = DataWriter(path, settings, kept)
+    writer = JsonLinesWriter(path, settings.header(), (asdict(x) for x in kept))
     missing = [job for job in jobs if (job.prompt_index, job.variant) not in by_key]
     try:
         with closing(make_samples(engine, missing, settings)) as made:
             for sample in made:
-                writer.write(sample)
+                writer.write(asdict(sample))
                 by_key[sample.key] = sample
                 on_sample(sample)
     finally:
