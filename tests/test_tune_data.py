@@ -4,6 +4,7 @@ acceptance measure, --draft-lora in every command, and the bad inputs that need 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -199,6 +200,21 @@ def test_synthetic_prompts_are_training_prompts_after_the_real_ones(tiny):
     assert {j.split for j in synthetic} == {"train"} and len(synthetic) == 4  # greedy + one sampled each
     real = plan(TEXTS, 3, s)
     assert jobs[:len(real)] == real  # the real prompts' jobs (and keys) stay as they were
+
+
+def test_tune_draft_makes_its_data_in_parallel_with_synthetic_prompts(tiny, tmp_path):
+    pytest.importorskip("torch", reason="tune-draft trains with PyTorch after its data step")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n\n".join(TEXTS))
+    result = invoke("tune-draft", tiny.target, tiny.draft_other, "--prompts", prompts, "-o", tmp_path / "a.gguf",
+                    "-n", 8, "--parallel", 3, "--synthetic", 2, "--max-steps", 1, "--json")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"\d+ tokens, [\d.]+ tok/s", result.stderr)  # the data step's progress
+    samples = read_samples(tmp_path / "a.gguf.data.jsonl")
+    synthetic = {x.prompt_index for x in samples if x.prompt_index >= len(TEXTS)}
+    assert synthetic == {4, 5} and all(x.split == "train" for x in samples if x.prompt_index in synthetic)
+    assert len((tmp_path / "a.gguf.data.jsonl.synthetic.jsonl").read_text().splitlines()) >= 3
+    assert json.loads(result.stdout)["samples"]["train"] == 2 * (3 + 2)  # greedy + sampled, real + synthetic
 
 
 @pytest.mark.parametrize("args, fragment", [(["--parallel", "0"], "--parallel must be between"),

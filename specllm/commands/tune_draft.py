@@ -155,6 +155,7 @@ class _Progress:
     def __init__(self):
         self._bar: Optional[Progress] = None
         self._task = None
+        self._tokens = 0
 
     def _close(self) -> None:
         if self._bar is not None:
@@ -173,7 +174,10 @@ class _Progress:
 
     def sample(self, sample) -> None:
         if self._bar is not None:
-            self._bar.update(self._task, advance=1, info=f"{len(sample.output)} tokens")
+            self._tokens += len(sample.output)  # made in this run: tokens/s over the phase's time
+            elapsed = next(t.elapsed for t in self._bar.tasks if t.id == self._task) or 0.0
+            rate = f", {self._tokens / elapsed:.1f} tok/s" if elapsed else ""
+            self._bar.update(self._task, advance=1, info=f"{len(sample.output)} tokens{rate}")
 
     def step(self, r) -> None:
         if self._bar is None:
