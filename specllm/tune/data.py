@@ -203,8 +203,8 @@ class TopKRecorder(Sampler):
 
 
 @dataclass(frozen=True)
-class Started:
-    """One generation the batch runs: the caller's tag, its prompt and its sampler."""
+class Finished:
+    """A finished generation of run_batched, with the caller's tag and its prompt."""
 
     tag: Hashable
     prompt: list[int]
@@ -212,7 +212,7 @@ class Started:
 
 
 def run_batched(engine: Engine, items: Iterable[tuple[Hashable, str, Request]],
-                sampler_for: Optional[Callable[[Request, int], Sampler]] = None) -> Iterator[Started]:
+                sampler_for: Optional[Callable[[Request, int], Sampler]] = None) -> Iterator[Finished]:
     """Generate every (tag, prompt text, request), up to engine.n_slots at once in one shared
     decode per round (batch.py, as `generate --jsonl --parallel N`); yield each as it finishes,
     in the order they finish. `sampler_for(request, seed)` replaces a generation's sampler.
@@ -236,7 +236,7 @@ def run_batched(engine: Engine, items: Iterable[tuple[Hashable, str, Request]],
                 return
             for active, _ in scheduler.round():
                 if active.finished:
-                    yield Started(active.tag, prompts.pop(id(active)), active.generation)
+                    yield Finished(active.tag, prompts.pop(id(active)), active.generation)
     finally:
         scheduler.close()
 

@@ -2,9 +2,10 @@
 
 Real prompts are few; Hong et al. (2025) find prompts a model writes itself worth 80-93% of
 real ones for distillation. Each attempt j shows the target one of the real training prompts
-(in turn) and asks, in its chat template, for a new prompt of the same kind; it answers
-sampled at temperature 1 with its own seed, so every attempt is another draw. A target
-without a chat template continues the first line of the example instead.
+(in turn) and asks, in its chat template, for a new prompt of the same kind, its answer begun
+with the example's first word; it answers sampled at temperature 1 with its own seed, so every
+attempt is another draw. A target without a chat template continues the first line of the
+example instead.
 
 Answers are cleaned (code fences dropped), and those empty or equal (up to whitespace) to a real
 prompt or an earlier answer are dropped; more attempts are made until N are distinct, at most
@@ -24,7 +25,7 @@ import hashlib
 from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from ..engine import Engine, Request
 from ..errors import ModelLoadError, TuneError
@@ -108,22 +109,28 @@ def distinct(attempts: dict[int, str], examples: Sequence[str], count: int) -> l
     return chosen
 
 
-def _has_chat_template(engine: Engine) -> bool:
+def _chat_template(engine: Engine) -> Optional[Callable[[str], str]]:
+    """The target's chat template as a function of the user's message; None without one."""
     try:
         engine.target_model.apply_chat_template("")
     except ModelLoadError:
-        return False
-    return True
+        return None
+    return engine.target_model.apply_chat_template
 
 
-def _attempt(j: int, examples: Sequence[str], settings: SyntheticSettings, chat: bool) -> tuple[str, str, Request]:
-    """(what the answer is appended to, the prompt text, its request) of attempt j."""
-    example = examples[j % len(examples)][:EXAMPLE_CHARS]
+def _attempt(j: int, examples: Sequence[str], settings: SyntheticSettings,
+             chat_template: Optional[Callable[[str], str]]) -> tuple[str, str, Request]:
+    """(what the answer is appended to, the prompt text, its request) of attempt j. In the chat
+    template the answer starts with the example's first word (`def`, `from`, `Write`...): a
+    small chat model asked for "a prompt of the same kind" otherwise often describes a task in
+    prose where the examples are code."""
+    example = examples[j % len(examples)][:EXAMPLE_CHARS].strip("\n")
     request = Request(max_tokens=settings.max_tokens, params=SamplingParams(temperature=settings.temperature),
-                      seed=settings.seed + SEED_OFFSET + j, chat=chat, mode="none")
-    if chat:
-        return "", INSTRUCTION.format(example=example.strip("\n")), request
-    first_line = example.strip("\n").split("\n", 1)[0]
+                      seed=settings.seed + SEED_OFFSET + j, mode="none")
+    if chat_template is not None:
+        head = example.split(maxsplit=1)[0] if example.strip() else ""
+        return head, chat_template(INSTRUCTION.format(example=example)) + head, request
+    first_line = example.split("\n", 1)[0]
     return first_line, first_line, request
 
 
@@ -138,7 +145,7 @@ def synthetic_prompts(engine: Engine, path: Path, examples: Sequence[str], count
                                  examples=examples_digest(examples), seed=seed)
     attempts = read_attempts(path, settings)
     writer = JsonLinesWriter(path, settings.header(), ({"attempt": j, "text": attempts[j]} for j in sorted(attempts)))
-    chat = _has_chat_template(engine)
+    chat_template = _chat_template(engine)
     limit, most = count, count * MAX_ATTEMPTS_PER_PROMPT
     try:
         while True:
@@ -154,7 +161,7 @@ def synthetic_prompts(engine: Engine, path: Path, examples: Sequence[str], count
             heads = {}
             items = []
             for j in todo:
-                heads[j], text, request = _attempt(j, examples, settings, chat)
+                heads[j], text, request = _attempt(j, examples, settings, chat_template)
                 items.append((j, text, request))
             with closing(run_batched(engine, items)) as finished:
                 for done in finished:
