@@ -16,7 +16,9 @@ from tiny_models import build_tiny_model
 from specllm import llama
 from specllm.engine import Engine, EngineConfig
 from specllm.errors import TuneError
+from specllm.drafting.compat import VocabSummary, check_vocabularies
 from specllm.drafting.replay import RecordedOutput
+from specllm.drafting.selection import SelectionSettings, measure_rounds
 from specllm.tune.agreement import Agreement, measure
 from specllm.tune.data import DataSettings, generate_data, plan, read_samples, top_logprobs
 from specllm.tune.export import write_adapter
@@ -252,6 +254,20 @@ def test_the_targets_own_weights_agree_everywhere(tiny, engine, tmp_path):
     assert measure(tiny.draft_copy, samples, k=4, threads=1).match_rate == 1.0
     other = measure(tiny.draft_other, samples, k=4, threads=1)
     assert 0.2 < other.match_rate < 1.0
+
+
+def test_tune_acceptance_counts_the_rounds_specllm_drafts_counts(tiny, engine, tmp_path):
+    """One round counter: tune-draft's acceptance and `specllm drafts` play the same rounds."""
+    s = settings_for(tiny, temp=0.0)
+    samples = generate_data(engine, tmp_path / "d.jsonl", s, plan(TEXTS, 4, s))
+    agreement = measure(tiny.draft_other, samples, k=4, threads=1, max_tokens=s.max_tokens)
+    outputs = [RecordedOutput(x.prompt, x.output, x.end_token, s.max_tokens) for x in samples]
+    with llama.Model(tiny.draft_other) as draft:
+        verdict = check_vocabularies(VocabSummary.from_model(engine.target_model), VocabSummary.from_model(draft))
+        rounds, _ = measure_rounds(draft, engine.target_model, verdict, outputs,
+                                   SelectionSettings(max_tokens=s.max_tokens, threads=1, model_ks=(4,)))
+    assert agreement.stats.round_shapes == rounds[4].stats.round_shapes
+    assert 0 < agreement.acceptance_rate < 1
 
 
 # -- --draft-lora ------------------------------------------------------------------------------
