@@ -61,6 +61,7 @@ def drafts(
 
       specllm drafts qwen2.5-coder-1.5b-instruct-q4_k_m
       specllm drafts ollama:qwen2.5-coder:7b --prompts my-prompts.jsonl --save
+      specllm drafts qwen2.5-coder-1.5b-instruct-q4_k_m --draft-lora draft-lora.gguf
     """
     with reported_errors(verbose):
         llama.set_verbose(verbose)

@@ -16,7 +16,9 @@ speculative generation per k:
   `CrossVocabDrafter` is replayed at the round starts that some k visits, once per position for
   all the lengths wanted there (`propose_lengths`): exact, and cheap next to running each k;
 - the lookup drafter (no model): the suffix drafter over prompt + output so far, replayed the
-  same way.
+  same way;
+- a draft with a LoRA adapter (`with_adapters`: --draft-lora, a pair's draft_lora) is one more
+  candidate, measured as its draft is with the adapter applied to its context.
 
 replay.py turns those proposals into the rounds `generate --mode draft -k K --temp 0` would
 play, for every k; the costs are the target's T(n) from auto mode's cost model (its saved profile
