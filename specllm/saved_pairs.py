@@ -50,7 +50,7 @@ def user_registry_file() -> Path:
 
 
 def save_pair(target: str, draft: str, *, mode: str, k: int, cross_vocab: bool,
-              file: Optional[Path] = None) -> tuple[Path, str]:
+              file: Optional[Path] = None, draft_lora: Optional[Path] = None) -> tuple[Path, str]:
     """Write (or replace) the saved pair of `target`; (the file, the pair's name)."""
     name = saved_pair_name(target)
     lines = [
@@ -63,6 +63,8 @@ def save_pair(target: str, draft: str, *, mode: str, k: int, cross_vocab: bool,
     ]
     if cross_vocab:
         lines.append("cross_vocab = true")
+    if draft_lora is not None:
+        lines.append(f"draft_lora = {_quote(str(Path(draft_lora).resolve()))}")
     file = file or user_registry_file()
     _write_table(file, name, "\n".join(lines) + "\n")
     return file, name
@@ -96,6 +98,23 @@ def saved_pair_for(model: str, target_file: Path, registry: Registry) -> Optiona
         if found is not None and _same_file(found, target_file):
             return pair
     return None
+
+
+def pair_adapters(target_file: Path) -> list[tuple[Path, Path]]:
+    """(draft file, LoRA adapter) of every pair in models.toml whose target is `target_file` and
+    whose draft, present here, has a draft_lora (`specllm drafts` measures the draft with it)."""
+    try:
+        registry = load_registry()
+    except SpecllmError:  # a broken models.toml must not stop a run given by path
+        return []
+    found = []
+    for pair in registry.pairs.values():
+        if not pair.draft_lora:
+            continue
+        target, draft = _present_file(pair.target, registry), _present_file(pair.draft, registry)
+        if target is not None and draft is not None and _same_file(target, target_file):
+            found.append((draft, Path(pair.draft_lora)))
+    return found
 
 
 def pair_reference(reference: str, path: Path) -> str:

@@ -17,6 +17,7 @@ from specllm.sampling import SamplingParams
 from specllm.stats import SpecStats
 from helpers import PROMPT, assert_clean_error, assert_no_internal_error, generate, invoke, json_result
 from store_layouts import clean_store_env
+from test_tune_data import random_adapter
 from tiny_models import DRAFT_NOISE, ENGLISH_WORDS, build_tiny_model, make_vocab
 
 N_TOKENS = 40
@@ -258,6 +259,54 @@ def test_save_writes_the_recommended_model_pair_and_a_lookup_win_removes_it(loca
     assert stats["mode"] == "draft" and stats["k"] == 2 and "xvocab" in stats["rounds_by_source"]
     _save(target, selection(lookup))
     assert user_toml.read_text().rstrip() == USER_TOML.rstrip()
+
+
+def test_draft_lora_measures_the_drafts_with_the_adapter_and_names_it(local_models, tmp_path):
+    """--draft-lora adds a row per draft of the adapter's architecture; a pair of models.toml
+    with a draft_lora for the target adds its draft with that adapter, without the option."""
+    folder, prompts, user_toml = local_models
+    adapter = random_adapter(tmp_path / "a.gguf", "llama")
+    pair_adapter = random_adapter(tmp_path / "pair.gguf", "llama", scale=0.2)
+    with user_toml.open("a") as f:
+        f.write(f'\n[pairs.tuned]\ntarget = "{folder / "big.gguf"}"\ndraft = "{folder / "small.gguf"}"\n'
+                f'draft_lora = "{pair_adapter}"\n')
+    data = drafts_json(folder / "big.gguf", "--prompts", prompts, "--draft-lora", adapter)
+    small = {row["draft_lora"]: row for row in data["rows"] if row["draft"] == str(folder / "small.gguf")}
+    assert set(small) == {None, str(adapter), str(pair_adapter)}
+    assert all(row["skipped"] is None for row in small.values())
+    assert small[str(adapter)]["per_k"] != small[None]["per_k"]  # the adapter changed what the draft proposes
+    other = {row["draft_lora"] for row in data["rows"] if row["draft"] == str(folder / "other.gguf")}
+    assert other == {None, str(adapter)}  # the pair's adapter is for its own draft only
+    assert {row["draft_lora"] for row in data["rows"] if row["draft"] == "lookup"} == {None}
+
+
+def test_a_recommended_draft_with_an_adapter_is_run_and_saved_with_it(local_models, tmp_path, capsys, monkeypatch):
+    from specllm.commands.drafts import _save, recommendation, render
+    from specllm.drafting.selection import SAME_VOCAB, DraftRow, KPrediction, Selection
+
+    folder, _, user_toml = local_models
+    adapter = random_adapter(tmp_path / "a.gguf", "llama")
+    target = str(folder / "big.gguf")
+    tuned = DraftRow(str(folder / "small.gguf"), SAME_VOCAB, folder / "small.gguf", lora=adapter,
+                     per_k=[KPrediction(2, 2.5, 1.3, (0.8, 0.7))])
+    chosen = Selection(target=folder / "big.gguf", target_facts=None, rows=[tuned], n_prompts=1, generated_tokens=10,
+                       target_ms={1: 1.0})
+    command, why = recommendation(target, chosen)
+    assert f"--draft-lora {adapter}" in command and "a.gguf" in why
+    monkeypatch.setenv("COLUMNS", "200")
+    render(target, chosen)
+    assert "+ lora a.gguf" in capsys.readouterr().out
+    _save(target, chosen)
+    assert f'draft_lora = "{adapter}"' in user_toml.read_text()
+    assert json_result(generate("-m", target, "--json", "-n", 8, PROMPT))["stats"]["draft_lora"] == "a.gguf"
+
+
+@pytest.mark.parametrize("adapter, fragment", [("missing", "LoRA adapter not found"),
+                                               ("qwen2", "no local draft has the architecture")])
+def test_a_draft_lora_no_draft_can_take_is_one_error_line(local_models, tmp_path, adapter, fragment):
+    folder, prompts, _ = local_models
+    path = tmp_path / "no.gguf" if adapter == "missing" else random_adapter(tmp_path / "q.gguf", adapter)
+    assert_clean_error(invoke("drafts", folder / "big.gguf", "--prompts", prompts, "--draft-lora", path), 1, fragment)
 
 
 @pytest.mark.parametrize("args, code, fragment", [

@@ -4,6 +4,7 @@ acceptance measure, --draft-lora in every command, and the bad inputs that need 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -11,12 +12,17 @@ import numpy as np
 import pytest
 
 from helpers import PROMPT, assert_clean_error, generate, invoke, json_result
+from tiny_models import build_tiny_model
 from specllm import llama
 from specllm.engine import Engine, EngineConfig
 from specllm.errors import TuneError
+from specllm.drafting.compat import VocabSummary, check_vocabularies
+from specllm.drafting.replay import RecordedOutput
+from specllm.drafting.selection import SelectionSettings, measure_rounds
 from specllm.tune.agreement import Agreement, measure
 from specllm.tune.data import DataSettings, generate_data, plan, read_samples, top_logprobs
 from specllm.tune.export import write_adapter
+from specllm.tune.synthetic import clean, distinct, synthetic_prompts
 
 TEXTS = ["the of and to in is", "it you that he was for", "on are as with his they", "at be this have from"]
 
@@ -80,6 +86,74 @@ def test_an_interrupted_run_keeps_its_samples_and_a_rerun_continues(tiny, engine
     assert read_samples(path, s) == complete
 
 
+# What llama.cpp's rounding moves a log-probability by when the rows are decoded in other batches
+# (other sequences beside them, or the whole output at once): the 4-decimal file keeps the rest.
+BATCH_LOGPROB_TOLERANCE = 1e-3
+
+
+def assert_same_samples(got, expected) -> None:
+    """The same samples: keys, tokens and top-k ids exactly, log-probabilities within the tolerance."""
+    assert [x.key for x in got] == [x.key for x in expected]
+    for a, b in zip(got, expected):
+        assert (a.prompt, a.output, a.top_ids, a.end_token) == (b.prompt, b.output, b.top_ids, b.end_token), a.key
+        assert np.allclose(a.top_logprobs, b.top_logprobs, atol=BATCH_LOGPROB_TOLERANCE), a.key
+
+
+@pytest.fixture(scope="module")
+def batched_engine(tiny):
+    with Engine(EngineConfig(target=str(tiny.target), mode="none", ctx_size=256, threads=1, parallel=3)) as e:
+        yield e
+
+
+def test_samples_made_in_a_shared_batch_are_those_made_alone(tiny, engine, batched_engine, tmp_path):
+    """--parallel: the same samples (greedy and sampled, seeded per sample) as one at a time,
+    the log-probabilities within llama.cpp's batch non-invariance; the top-k rows are those a
+    separate teacher-forced pass over prompt + output gives."""
+    s = settings_for(tiny)
+    jobs = plan(TEXTS, 3, s)
+    alone = generate_data(engine, tmp_path / "alone.jsonl", s, jobs)
+    together = generate_data(batched_engine, tmp_path / "together.jsonl", s, jobs)
+    assert [x.key for x in together] == [x.key for x in alone] == [(j.prompt_index, j.variant) for j in jobs]
+    assert_same_samples(together, alone)
+    for sample in alone:  # one teacher-forced decode over the whole output gives the same rows
+        ctx = engine.target
+        ctx.clear()
+        logits = ctx.decode(sample.prompt + sample.output[:-1], all_logits=True)[len(sample.prompt) - 1:]
+        ids, logprobs = top_logprobs(logits, s.top_k)
+        assert ids.tolist() == sample.top_ids
+        assert np.allclose(logprobs, sample.top_logprobs, atol=BATCH_LOGPROB_TOLERANCE)
+
+
+def test_samples_finished_out_of_order_resume_by_key(tmp_path):
+    """A target that ends its answers after 2-8 tokens: in a batch the jobs finish out of their
+    order. An interruption keeps those written, and a rerun makes exactly the others and
+    returns every sample in the jobs' order."""
+    target = build_tiny_model(tmp_path / "eos_target.gguf", eos_rate=0.3)
+    s = DataSettings(target=target.name, target_bytes=target.stat().st_size, top_k=5, max_tokens=12, temp=1.0)
+    jobs, path = plan(TEXTS, 4, s), tmp_path / "d.jsonl"
+    keys = [(j.prompt_index, j.variant) for j in jobs]
+    with Engine(EngineConfig(target=str(target), mode="none", ctx_size=256, threads=1, parallel=3)) as engine:
+        order = []
+        whole = generate_data(engine, tmp_path / "whole.jsonl", s, jobs, on_sample=lambda x: order.append(x.key))
+        assert order != keys, "every sample finished in the jobs' order: pick other prompts"
+        assert any(x.end_token is not None for x in whole)
+        written = []
+
+        def interrupt_after_three(sample):
+            written.append(sample.key)
+            if len(written) == 3:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            generate_data(engine, path, s, jobs, on_sample=interrupt_after_three)
+        assert [x.key for x in read_samples(path, s)] == written == order[:3]
+        made = []
+        complete = generate_data(engine, path, s, jobs, on_sample=lambda x: made.append(x.key))
+    assert sorted(made + written) == sorted(keys) and not set(made) & set(written)
+    assert_same_samples(complete, whole)  # in the jobs' order, as the run never interrupted
+    assert sorted(read_samples(path, s), key=lambda x: x.key) == sorted(complete, key=lambda x: x.key)
+
+
 def test_a_data_file_of_other_settings_is_refused(tiny, engine, tmp_path):
     path = tmp_path / "d.jsonl"
     generate_data(engine, path, settings_for(tiny), plan(TEXTS[:2], 1, settings_for(tiny)))
@@ -90,13 +164,88 @@ def test_a_data_file_of_other_settings_is_refused(tiny, engine, tmp_path):
         read_samples(tmp_path / "x.jsonl")
 
 
-def test_agreement_counts_rounds_as_greedy_speculation_would():
+# -- synthetic prompts -----------------------------------------------------------------------
+
+
+def test_the_target_writes_distinct_synthetic_prompts_and_an_interrupted_run_resumes(tiny, batched_engine, tmp_path):
+    whole = synthetic_prompts(batched_engine, tmp_path / "whole.jsonl", TEXTS, 5)
+    assert len(whole) == 5 and len({" ".join(t.split()) for t in whole}) == 5
+    assert not set(whole) & set(TEXTS) and all(t.strip() for t in whole)
+    path, heard = tmp_path / "s.jsonl", []
+
+    def interrupt_after_two(text):
+        heard.append(text)
+        if len(heard) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        synthetic_prompts(batched_engine, path, TEXTS, 5, on_prompt=interrupt_after_two)
+    assert len(path.read_text().splitlines()) == 3  # the header and the two attempts made
+    again = []
+    assert synthetic_prompts(batched_engine, path, TEXTS, 5, on_prompt=again.append) == whole
+    assert len(again) >= 3  # only the missing attempts were made
+    with pytest.raises(TuneError, match="other settings .*seed"):
+        synthetic_prompts(batched_engine, path, TEXTS, 5, seed=1)
+
+
+def test_duplicates_and_real_prompts_are_not_synthetic_prompts():
+    attempts = {0: "def f(x):", 3: "  def   f(x):  ", 1: TEXTS[0], 2: "", 4: "def g(y):", 5: "def h():"}
+    assert distinct(attempts, TEXTS, 2) == ["def f(x):", "def g(y):"]
+    assert clean("```python\ndef f(x):\n    pass\n```") == "def f(x):\n    pass"
+
+
+def test_synthetic_prompts_are_training_prompts_after_the_real_ones(tiny):
+    s = settings_for(tiny, samples=1)
+    jobs = plan(TEXTS, 3, s, synthetic=["def a():", "def b():"])
+    synthetic = [j for j in jobs if j.prompt_index >= len(TEXTS)]
+    assert {(j.prompt_index, j.text) for j in synthetic} == {(4, "def a():"), (5, "def b():")}
+    assert {j.split for j in synthetic} == {"train"} and len(synthetic) == 4  # greedy + one sampled each
+    real = plan(TEXTS, 3, s)
+    assert jobs[:len(real)] == real  # the real prompts' jobs (and keys) stay as they were
+
+
+def test_tune_draft_makes_its_data_in_parallel_with_synthetic_prompts(tiny, tmp_path):
+    pytest.importorskip("torch", reason="tune-draft trains with PyTorch after its data step")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n\n".join(TEXTS))
+    result = invoke("tune-draft", tiny.target, tiny.draft_other, "--prompts", prompts, "-o", tmp_path / "a.gguf",
+                    "-n", 8, "--parallel", 3, "--synthetic", 2, "--max-steps", 1, "--json")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"\d+ tokens, [\d.]+ tok/s", result.stderr)  # the data step's progress
+    samples = read_samples(tmp_path / "a.gguf.data.jsonl")
+    synthetic = {x.prompt_index for x in samples if x.prompt_index >= len(TEXTS)}
+    assert synthetic == {4, 5} and all(x.split == "train" for x in samples if x.prompt_index in synthetic)
+    assert len((tmp_path / "a.gguf.data.jsonl.synthetic.jsonl").read_text().splitlines()) >= 3
+    assert json.loads(result.stdout)["samples"]["train"] == 2 * (3 + 2)  # greedy + sampled, real + synthetic
+
+
+@pytest.mark.parametrize("args, fragment", [(["--parallel", "0"], "--parallel must be between"),
+                                            (["--synthetic", "-1"], "--synthetic must be >= 0")])
+def test_bad_data_options_are_one_usage_line(tiny, tmp_path, args, fragment):
+    pytest.importorskip("torch", reason="tune-draft asks for torch before it reads its options")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n\n".join(TEXTS))
+    assert_clean_error(invoke("tune-draft", tiny.target, tiny.draft_other, "--prompts", prompts, *args), 2, fragment)
+
+
+def test_agreement_plays_the_rounds_of_replay_with_the_loops_stopping_rules():
+    y = [10, 11, 12, 13, 14, 15, 16]
     a = Agreement(k=3)
-    a.add([True, True, False, True, True, True, True])
+    a.add(RecordedOutput([1], y, None, len(y)), [10, 11, 99, 13, 14, 15, 16])
     # round 1 drafts 3 from 0: accepts 2, emits 3 (position 2 is the target's own);
     # round 2 drafts 3 from 3: accepts 3, emits 4 (3 + bonus) and reaches the end.
-    assert (a.rounds, a.drafted, a.accepted, a.emitted) == (2, 6, 5, 7)
+    assert (a.stats.rounds, a.stats.drafted, a.stats.accepted, a.stats.generated) == (2, 6, 5, 7)
     assert a.to_dict()["per_position_acceptance"] == [1.0, 1.0, 0.5]
+    assert (a.positions, a.matches) == (7, 6)
+    # The loop never drafts a token it could not emit: 6 tokens at k = 4 are one round of 4
+    # drafts (5 emitted), then one plain round.
+    b = Agreement(k=4)
+    b.add(RecordedOutput([1], y[:6], None, 6), y[:6])
+    assert (b.stats.rounds, b.stats.drafted, b.stats.accepted) == (2, 4, 4)
+    # An output that ended on its end-of-generation token (7): the draft that drafts it is accepted.
+    c = Agreement(k=4)
+    c.add(RecordedOutput([1], y[:2], 7, 10), [10, 11, 7], is_draft_eog=lambda t: t == 7)
+    assert (c.stats.rounds, c.stats.drafted, c.stats.accepted, c.stats.generated) == (1, 3, 3, 2)
 
 
 def test_the_targets_own_weights_agree_everywhere(tiny, engine, tmp_path):
@@ -105,6 +254,20 @@ def test_the_targets_own_weights_agree_everywhere(tiny, engine, tmp_path):
     assert measure(tiny.draft_copy, samples, k=4, threads=1).match_rate == 1.0
     other = measure(tiny.draft_other, samples, k=4, threads=1)
     assert 0.2 < other.match_rate < 1.0
+
+
+def test_tune_acceptance_counts_the_rounds_specllm_drafts_counts(tiny, engine, tmp_path):
+    """One round counter: tune-draft's acceptance and `specllm drafts` play the same rounds."""
+    s = settings_for(tiny, temp=0.0)
+    samples = generate_data(engine, tmp_path / "d.jsonl", s, plan(TEXTS, 4, s))
+    agreement = measure(tiny.draft_other, samples, k=4, threads=1, max_tokens=s.max_tokens)
+    outputs = [RecordedOutput(x.prompt, x.output, x.end_token, s.max_tokens) for x in samples]
+    with llama.Model(tiny.draft_other) as draft:
+        verdict = check_vocabularies(VocabSummary.from_model(engine.target_model), VocabSummary.from_model(draft))
+        rounds, _ = measure_rounds(draft, engine.target_model, verdict, outputs,
+                                   SelectionSettings(max_tokens=s.max_tokens, threads=1, model_ks=(4,)))
+    assert agreement.stats.round_shapes == rounds[4].stats.round_shapes
+    assert 0 < agreement.acceptance_rate < 1
 
 
 # -- --draft-lora ------------------------------------------------------------------------------

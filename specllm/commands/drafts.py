@@ -18,10 +18,11 @@ from ..config import check_positive
 from ..console import FetchBars, reported_errors, stderr
 from ..drafting.selection import (
     CROSS_VOCAB, LOOKUP, SAME_VOCAB, DraftRow, Prompt, Selection, SelectionSettings, local_candidates, select_drafts,
+    with_adapters,
 )
 from ..options import FLAG, ThreadsOpt, VerboseOpt
 from ..prompts import DRAFTS_PROMPTS, load_prompts
-from ..saved_pairs import pair_reference, remove_saved_pair, save_pair
+from ..saved_pairs import pair_adapters, pair_reference, remove_saved_pair, save_pair
 
 DEFAULT_MAX_TOKENS = 128  # per prompt: enough rounds for every k to settle, short enough to stay quick
 
@@ -38,6 +39,10 @@ def drafts(
                                        metavar=FLAG)] = False,
     max_tokens: Annotated[int, typer.Option("-n", "--max-tokens", help="Tokens the target generates per prompt.",
                                             metavar="N")] = DEFAULT_MAX_TOKENS,
+    draft_lora: Annotated[Optional[Path], typer.Option(
+        "--draft-lora", help="A GGUF LoRA adapter (specllm tune-draft): every local draft of its architecture is "
+        "measured with it too, in a row of its own. A pair in models.toml with a draft_lora for TARGET adds its "
+        "draft with that adapter.", show_default=False, metavar="FILE")] = None,
     threads: ThreadsOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.",
                                         metavar=FLAG)] = False,
@@ -56,6 +61,7 @@ def drafts(
 
       specllm drafts qwen2.5-coder-1.5b-instruct-q4_k_m
       specllm drafts ollama:qwen2.5-coder:7b --prompts my-prompts.jsonl --save
+      specllm drafts qwen2.5-coder-1.5b-instruct-q4_k_m --draft-lora draft-lora.gguf
     """
     with reported_errors(verbose):
         llama.set_verbose(verbose)
@@ -65,6 +71,8 @@ def drafts(
         target_path = registry.resolve_model(target, progress=FetchBars())
         scan = registry.scan_local_models()
         candidates, target_facts = local_candidates(target_path, scan.models)
+        adapters = ([(None, draft_lora)] if draft_lora else []) + pair_adapters(target_path)
+        candidates = with_adapters(candidates, adapters)
         settings = SelectionSettings(max_tokens=max_tokens, chat=chat, threads=threads)
         start = time.perf_counter()
 
@@ -95,11 +103,13 @@ def recommendation(target: str, selection: Selection) -> tuple[str, str]:
     if row is None:
         return f"specllm generate -m {t} --mode none", "no draft is predicted to beat plain decoding here"
     best = row.best
-    why = f"{row.name}: {best.tokens_per_round:.2f} tokens per round at k={best.k}, {best.speedup:.2f}x plain"
+    why = (f"{row.name}{f' + {row.lora.name}' if row.lora else ''}: {best.tokens_per_round:.2f} tokens per round "
+           f"at k={best.k}, {best.speedup:.2f}x plain")
     if row.relation == LOOKUP:
         return f"specllm generate -m {t}", why + "; auto mode drafts from these lookups when they pay"
     cross = " --cross-vocab" if row.relation == CROSS_VOCAB else ""
-    return f"specllm generate -m {t} -md {shlex.quote(row.name)} --mode draft -k {best.k}{cross}", why
+    lora = f" --draft-lora {shlex.quote(str(row.lora))}" if row.lora else ""
+    return f"specllm generate -m {t} -md {shlex.quote(row.name)}{lora} --mode draft -k {best.k}{cross}", why
 
 
 def _save(target: str, selection: Selection) -> None:
@@ -112,7 +122,8 @@ def _save(target: str, selection: Selection) -> None:
         return
     draft_ref = pair_reference(row.name, row.path)
     target_ref = pair_reference(target, selection.target)
-    file, name = save_pair(target_ref, draft_ref, mode="draft", k=row.best.k, cross_vocab=row.relation == CROSS_VOCAB)
+    file, name = save_pair(target_ref, draft_ref, mode="draft", k=row.best.k, cross_vocab=row.relation == CROSS_VOCAB,
+                           draft_lora=row.lora)
     stderr.print(f"saved pair {escape(name)} in {escape(str(file))}: `specllm generate -m {escape(target)}` "
                  "now drafts with it (-md overrides)")
 
@@ -133,9 +144,10 @@ def _shape(row: DraftRow) -> str:
 
 
 def _draft_cell(row: DraftRow) -> str:
-    """The name, and the architecture under it."""
+    """The name, the adapter it was measured with, and the architecture under it."""
     arch = row.facts.architecture if row.facts and row.facts.architecture else ""
-    return escape(row.name) + (f"\n[dim]{escape(arch)}[/]" if arch else "")
+    lora = f"\n+ lora {escape(row.lora.name)}" if row.lora else ""
+    return escape(row.name) + lora + (f"\n[dim]{escape(arch)}[/]" if arch else "")
 
 
 SHORT_RELATION = {SAME_VOCAB: "same vocab", CROSS_VOCAB: "cross-vocab"}  # narrow columns on a terminal
@@ -180,7 +192,9 @@ def selection_json(target: str, selection: Selection) -> dict:
         "generated_tokens": selection.generated_tokens,
         "target_ms": {str(n): ms for n, ms in selection.target_ms.items()},
         "rows": [_row_json(row) for row in selection.rows],
-        "recommended": {"draft": recommended.name if recommended else None, "command": command, "reason": why},
+        "recommended": {"draft": recommended.name if recommended else None,
+                        "draft_lora": str(recommended.lora) if recommended and recommended.lora else None,
+                        "command": command, "reason": why},
     }
 
 
@@ -189,6 +203,7 @@ def _row_json(row: DraftRow) -> dict:
     facts = row.facts
     return {
         "draft": row.name,
+        "draft_lora": str(row.lora) if row.lora else None,
         "relation": row.relation,
         "path": str(row.path) if row.path else None,
         "size_ratio": row.size_ratio if row.relation != LOOKUP else None,

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .. import llama
-from ..config import DEFAULT_CTX_SIZE, MAX_DRAFT, check_positive, check_sampling, check_seed
+from ..config import DEFAULT_CTX_SIZE, MAX_DRAFT, check_parallel, check_positive, check_sampling, check_seed
 from ..console import FetchBars, reported_errors, stderr
 from ..errors import UsageError
 from ..options import FLAG, IO, CrossVocabOpt, CtxSizeOpt, SeedOpt, ThreadsOpt, VerboseOpt
@@ -49,6 +49,11 @@ def tune_draft(
                                               metavar="K", rich_help_panel=DATA)] = 20,
     chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompts in the target's chat template.",
                                        metavar=FLAG, rich_help_panel=DATA)] = False,
+    parallel: Annotated[int, typer.Option("--parallel", help="Prompts the target answers at once, in one shared "
+                                          "decode per round.", metavar="N", rich_help_panel=DATA)] = 1,
+    synthetic: Annotated[int, typer.Option("--synthetic", help="Extra training prompts the target writes itself "
+                                           "after the real ones (kept in DATA.synthetic.jsonl).", metavar="N",
+                                           rich_help_panel=DATA)] = 0,
     rank: Annotated[int, typer.Option("--rank", help="LoRA rank.", metavar="R", rich_help_panel=TRAINING)] = 16,
     alpha: Annotated[float, typer.Option("--alpha", help="LoRA alpha (the update is scaled by alpha / rank).",
                                          metavar="A", rich_help_panel=TRAINING)] = 32.0,
@@ -105,7 +110,7 @@ def tune_draft(
 
 def _settings(*, target, draft, prompts, output, eval_prompts, limit, data, max_tokens, temp, samples, top_logprobs,
               chat, rank, alpha, epochs, lr, batch, ce_weight, max_steps, device, merge, k, seed, cross_vocab,
-              ctx_size, threads, **_):
+              ctx_size, threads, parallel, synthetic, **_):
     from ..registry import resolve_model
     from ..tune.data import DataSettings
     from ..tune.run import TuneSettings
@@ -113,8 +118,9 @@ def _settings(*, target, draft, prompts, output, eval_prompts, limit, data, max_
 
     for name, value in (("--max-tokens", max_tokens), ("--samples", samples), ("--top-logprobs", top_logprobs),
                         ("--rank", rank), ("--epochs", epochs), ("--batch", batch), ("--limit", limit),
-                        ("--max-steps", max_steps), ("--threads", threads)):
-        check_positive(name, value, allow_zero=name == "--samples")
+                        ("--max-steps", max_steps), ("--threads", threads), ("--synthetic", synthetic)):
+        check_positive(name, value, allow_zero=name in ("--samples", "--synthetic"))
+    check_parallel("--parallel", parallel)
     check_sampling(temp, 0, 1.0, 0.0)
     check_seed(seed)
     if not 1 <= k <= MAX_DRAFT:
@@ -139,7 +145,7 @@ def _settings(*, target, draft, prompts, output, eval_prompts, limit, data, max_
                           seed=seed or 0),
         train=TrainSettings(rank=rank, alpha=alpha, lr=lr, epochs=epochs, batch=batch, ce_weight=ce_weight,
                             max_steps=max_steps, seed=seed or 0),
-        k=k, merge=merge, threads=threads, ctx_size=ctx_size, device=device,
+        k=k, merge=merge, threads=threads, ctx_size=ctx_size, device=device, parallel=parallel, synthetic=synthetic,
     )
 
 
@@ -149,6 +155,7 @@ class _Progress:
     def __init__(self):
         self._bar: Optional[Progress] = None
         self._task = None
+        self._tokens = 0
 
     def _close(self) -> None:
         if self._bar is not None:
@@ -167,7 +174,10 @@ class _Progress:
 
     def sample(self, sample) -> None:
         if self._bar is not None:
-            self._bar.update(self._task, advance=1, info=f"{len(sample.output)} tokens")
+            self._tokens += len(sample.output)  # made in this run: tokens/s over the phase's time
+            elapsed = next(t.elapsed for t in self._bar.tasks if t.id == self._task) or 0.0
+            rate = f", {self._tokens / elapsed:.1f} tok/s" if elapsed else ""
+            self._bar.update(self._task, advance=1, info=f"{len(sample.output)} tokens{rate}")
 
     def step(self, r) -> None:
         if self._bar is None:

@@ -13,7 +13,8 @@ module plays those rounds exactly as speculative.py does:
 - the rounds are recorded in a `SpecStats` through `record_round`, so tokens per round,
   per-position acceptance and the round shapes a cost model prices are those of a real run.
 
-Every k is played at once, position by position: the drafter is asked only at the positions
+`specllm drafts` (drafting/selection.py) and tune-draft's acceptance report (tune/agreement.py)
+both count their rounds here. Every k is played at once, position by position: the drafter is asked only at the positions
 some k visits, once for all the lengths wanted there (a drafter of another vocabulary drafts
 them all in one pass), and always with a growing history, as in a real run.
 """

@@ -16,7 +16,9 @@ speculative generation per k:
   `CrossVocabDrafter` is replayed at the round starts that some k visits, once per position for
   all the lengths wanted there (`propose_lengths`): exact, and cheap next to running each k;
 - the lookup drafter (no model): the suffix drafter over prompt + output so far, replayed the
-  same way.
+  same way;
+- a draft with a LoRA adapter (`with_adapters`: --draft-lora, a pair's draft_lora) is one more
+  candidate, measured as its draft is with the adapter applied to its context.
 
 replay.py turns those proposals into the rounds `generate --mode draft -k K --temp 0` would
 play, for every k; the costs are the target's T(n) from auto mode's cost model (its saved profile
@@ -40,6 +42,7 @@ from ..engine import Engine, Request, cost_profile_key, make_model_drafter
 from ..errors import IncompatibleModelsError, ModelLoadError, SpecllmError
 from ..paths import cost_profile_path
 from ..registry import LocalModel
+from ..registry.gguf_header import GGUFHeaderError, read_header
 from ..registry.model_facts import ModelFacts, read_model_facts
 from ..sampling import DraftChooser, Sampler, SamplingParams
 from ..stats import SpecStats
@@ -73,6 +76,7 @@ class Candidate:
     name: str
     path: Path
     facts: Optional[ModelFacts] = None
+    lora: Optional[Path] = None  # a LoRA adapter applied to it (--draft-lora, a pair's draft_lora)
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,7 @@ class DraftRow:
     per_k: list[KPrediction] = field(default_factory=list)
     skipped: Optional[str] = None
     draft_ms_per_token: Optional[float] = None
+    lora: Optional[Path] = None  # the LoRA adapter the draft was measured with
 
     @property
     def best(self) -> Optional[KPrediction]:
@@ -239,7 +244,7 @@ def candidate_row(candidate: Candidate, target_model: llama.Model, target_vocab:
                   outputs: Sequence[RecordedOutput], settings: SelectionSettings, costs: MeasuredCosts,
                   target_vocab_id: Optional[str] = None) -> DraftRow:
     """Measure one candidate, or say why it cannot draft for the target."""
-    row = DraftRow(name=candidate.name, relation="-", path=candidate.path, facts=candidate.facts)
+    row = DraftRow(name=candidate.name, relation="-", path=candidate.path, facts=candidate.facts, lora=candidate.lora)
     draft_vocab_id = candidate.facts.vocab_id if candidate.facts else None
     if target_vocab_id and draft_vocab_id:  # the headers' guess, for a row skipped before the check
         row.relation = SAME_VOCAB if draft_vocab_id == target_vocab_id else CROSS_VOCAB
@@ -261,36 +266,48 @@ def candidate_row(candidate: Candidate, target_model: llama.Model, target_vocab:
                 return row
             compatibility = check_vocabularies(target_vocab, VocabSummary.from_model(draft_model))
             row.relation = SAME_VOCAB if compatibility.compatible else CROSS_VOCAB
-            rounds, t_draft = measure_rounds(draft_model, target_model, compatibility, outputs, settings)
+            adapter = llama.LoraAdapter(draft_model, candidate.lora) if candidate.lora else None
+            try:
+                rounds, t_draft = measure_rounds(draft_model, target_model, compatibility, outputs, settings, adapter)
+            finally:
+                if adapter is not None:
+                    adapter.close()
     except (ModelLoadError, IncompatibleModelsError) as e:
         row.skipped = e.message
         return row
     except SpecllmError as e:  # a decode that failed: this candidate only
         row.skipped = f"measuring failed: {e.message}"
         return row
-    costs.draft[candidate.name] = t_draft
+    key = candidate.name + (f"+{candidate.lora}" if candidate.lora else "")  # its costs apart from the plain draft's
+    costs.draft[key] = t_draft
     row.draft_ms_per_token = t_draft * 1e3
-    row.per_k = predictions(rounds, costs, candidate.name)
+    row.per_k = predictions(rounds, costs, key)
     return row
 
 
-def _draft_context(model: llama.Model, settings: SelectionSettings) -> llama.Context:
-    return llama.Context(model, n_ctx=settings.ctx_size, n_threads=settings.threads)
+def _draft_context(model: llama.Model, settings: SelectionSettings,
+                   adapter: Optional[llama.LoraAdapter]) -> llama.Context:
+    context = llama.Context(model, n_ctx=settings.ctx_size, n_threads=settings.threads)
+    if adapter is not None:
+        llama.set_lora(context, adapter)
+    return context
 
 
 def measure_rounds(draft_model: llama.Model, target_model: llama.Model, compatibility: Compatibility,
-                   outputs: Sequence[RecordedOutput], settings: SelectionSettings
-                   ) -> tuple[dict[int, ReplayedRounds], float]:
+                   outputs: Sequence[RecordedOutput], settings: SelectionSettings,
+                   adapter: Optional[llama.LoraAdapter] = None) -> tuple[dict[int, ReplayedRounds], float]:
     """The rounds every k of settings.model_ks would play with this draft (token by token when
-    `compatibility` says the vocabularies pair, through text otherwise), and its seconds per token."""
+    `compatibility` says the vocabularies pair, through text otherwise), with `adapter` applied to
+    it, and its seconds per token (the adapter's cost included)."""
     measure = _measure_same_vocab if compatibility.compatible else _measure_cross_vocab
-    return measure(draft_model, target_model, compatibility, outputs, settings)
+    return measure(draft_model, target_model, compatibility, outputs, settings, adapter)
 
 
 def _measure_same_vocab(draft_model: llama.Model, target_model: llama.Model, compatibility: Compatibility,
-                        outputs: Sequence[RecordedOutput], settings: SelectionSettings):
+                        outputs: Sequence[RecordedOutput], settings: SelectionSettings,
+                        adapter: Optional[llama.LoraAdapter]):
     rounds: dict[int, ReplayedRounds] = {}
-    with _draft_context(draft_model, settings) as ctx:
+    with _draft_context(draft_model, settings, adapter) as ctx:
         drafter = make_model_drafter(ctx, target_model.vocab, compatibility, ignore_eos=False)
         for output in outputs:
             choices = drafter.greedy_choices(output.prompt, output.sequence)
@@ -300,9 +317,10 @@ def _measure_same_vocab(draft_model: llama.Model, target_model: llama.Model, com
 
 
 def _measure_cross_vocab(draft_model: llama.Model, target_model: llama.Model, compatibility: Compatibility,
-                         outputs: Sequence[RecordedOutput], settings: SelectionSettings):
+                         outputs: Sequence[RecordedOutput], settings: SelectionSettings,
+                         adapter: Optional[llama.LoraAdapter]):
     rounds: dict[int, ReplayedRounds] = {}
-    with _draft_context(draft_model, settings) as ctx:
+    with _draft_context(draft_model, settings, adapter) as ctx:
         drafter = CrossVocabDrafter(ctx, target_model.vocab)
         for output in outputs:
             drafter.begin(output.prompt)
@@ -355,3 +373,42 @@ def local_candidates(target: Path, models: Sequence[LocalModel]) -> tuple[list[C
         except Exception:  # noqa: BLE001 - facts are for the table; llama.cpp decides whether it loads
             target_facts = None
     return candidates, target_facts
+
+
+def with_adapters(candidates: Sequence[Candidate], adapters: Sequence[tuple[Optional[Path], Path]]) -> list[Candidate]:
+    """The candidates, each followed by itself with each adapter meant for it: (draft file, adapter)
+    from a pair of models.toml, or (None, adapter) from --draft-lora, meant for every candidate
+    of the adapter's architecture (llama.cpp then checks the shapes: a row says why it refused)."""
+    wanted = []
+    for draft_file, lora in adapters:
+        architecture = adapter_architecture(lora)
+        fits = [c for c in candidates if (os.path.realpath(c.path) == os.path.realpath(draft_file) if draft_file
+                                          else c.facts is not None and c.facts.architecture == architecture)]
+        if draft_file is None and not fits:
+            raise IncompatibleModelsError(f"no local draft has the architecture of the LoRA adapter {lora.name} "
+                                          f"({architecture})", hint="an adapter applies only to the model it was "
+                                          "trained for (specllm tune-draft)")
+        wanted += [(c.path, lora) for c in fits]
+    result = []
+    for candidate in candidates:
+        result.append(candidate)
+        seen = set()
+        for draft_file, lora in wanted:
+            if draft_file == candidate.path and os.path.realpath(lora) not in seen:
+                seen.add(os.path.realpath(lora))
+                result.append(replace(candidate, lora=lora))
+    return result
+
+
+def adapter_architecture(path: Path) -> Optional[str]:
+    """The architecture a GGUF LoRA adapter is for; one clear error for a file that is not one."""
+    if not Path(path).is_file():
+        raise ModelLoadError(f"LoRA adapter not found: {path}")
+    try:
+        header = read_header(path)
+    except (OSError, GGUFHeaderError) as e:
+        raise ModelLoadError(f"cannot read the LoRA adapter {path}: {e}") from None
+    if header.metadata.get("general.type") != "adapter":
+        raise ModelLoadError(f"{path} is not a LoRA adapter (general.type is not 'adapter')",
+                             hint="--draft-lora takes an adapter made by `specllm tune-draft`")
+    return header.architecture

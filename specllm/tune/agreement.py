@@ -2,13 +2,9 @@
 
 For greedy decoding this is exact speculative decoding without running it: the draft sees the
 target's own tokens (what verification would have accepted), so one llama.cpp pass over
-prompt + output gives the draft's greedy choice at every position. A round that drafts k tokens
-from position i accepts the run of matches starting at i (stopping at the first miss) and
-emits one more token of the target's own.
-
-The teacher-forced pass is ModelDrafter.greedy_choices, the one `specllm drafts` makes; the
-rounds are counted here (Agreement.add) apart from drafting/replay.py, which plays them for
-every k at once with the loop's stopping rules.
+prompt + output gives the draft's greedy choice at every position (ModelDrafter.greedy_choices,
+the pass `specllm drafts` makes), and drafting/replay.py plays the k-token rounds over them with
+the loop's own stopping rules (the rounds `generate --mode draft -k K --temp 0` would play).
 """
 
 from __future__ import annotations
@@ -20,6 +16,8 @@ from typing import Optional, Sequence
 
 from .. import llama
 from ..drafting.base import ModelDrafter
+from ..drafting.replay import RecordedOutput, ReplayedRounds, agreement_proposals, replay_fixed_k
+from ..stats import SpecStats
 from .data import Sample
 
 
@@ -30,12 +28,14 @@ class Agreement:
     k: int
     positions: int = 0  # output tokens seen
     matches: int = 0  # positions where the draft's greedy token is the target's
-    rounds: int = 0
-    drafted: int = 0
-    accepted: int = 0
-    emitted: int = 0
-    accepted_at: list[int] = field(default_factory=list)  # per draft position, as SpecStats
-    drafted_at: list[int] = field(default_factory=list)
+    replayed: ReplayedRounds = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.replayed = ReplayedRounds(self.k, SpecStats(mode="draft", k=self.k))
+
+    @property
+    def stats(self) -> SpecStats:
+        return self.replayed.stats
 
     @property
     def match_rate(self) -> float:
@@ -43,54 +43,44 @@ class Agreement:
 
     @property
     def acceptance_rate(self) -> float:
-        return self.accepted / self.drafted if self.drafted else 0.0
+        return self.stats.acceptance_rate
 
     @property
     def tokens_per_round(self) -> float:
-        return self.emitted / self.rounds if self.rounds else 0.0
+        return self.stats.mean_accepted_length
 
-    def add(self, hits: Sequence[bool]) -> None:
-        """One output: hits[j] says whether the draft predicted output token j."""
-        self.positions += len(hits)
-        self.matches += sum(hits)
-        i, n = 0, len(hits)
-        while i < n:
-            k = min(self.k, n - i)  # no drafting past the end of the output
-            accepted = 0
-            while accepted < k and hits[i + accepted]:
-                accepted += 1
-            self.rounds += 1
-            self.drafted += k
-            self.accepted += accepted
-            while len(self.drafted_at) < k:
-                self.drafted_at.append(0)
-                self.accepted_at.append(0)
-            for j in range(k):
-                self.drafted_at[j] += 1
-                self.accepted_at[j] += j < accepted
-            emitted = min(accepted + 1, n - i)
-            self.emitted += emitted
-            i += emitted
+    def add(self, output: RecordedOutput, choices: Sequence[int], is_draft_eog=lambda token: False) -> None:
+        """One output, with the draft's teacher-forced greedy choice at each position of
+        output.sequence (its end-of-generation token included, when it has one)."""
+        self.positions += len(output.tokens)
+        self.matches += sum(c == t for c, t in zip(choices, output.tokens))
+        end = output.end_token
+        proposals = agreement_proposals(output.sequence, choices, is_draft_eog)
+        replay_fixed_k(output, (self.k,), proposals, lambda token: token == end, into={self.k: self.replayed})
 
     def to_dict(self) -> dict:
+        stats = self.stats
         return {
             "k": self.k, "positions": self.positions, "matches": self.matches, "match_rate": self.match_rate,
-            "rounds": self.rounds, "drafted": self.drafted, "accepted": self.accepted,
+            "rounds": stats.rounds, "drafted": stats.drafted, "accepted": stats.accepted,
             "acceptance_rate": self.acceptance_rate, "tokens_per_round": self.tokens_per_round,
-            "per_position_acceptance": [a / d if d else 0.0 for a, d in zip(self.accepted_at, self.drafted_at)],
+            "per_position_acceptance": stats.per_position_acceptance,
         }
 
 
-def draft_hits(context: llama.Context, sample: Sample) -> list[bool]:
-    """Teacher-forced: for each output token, whether the draft's greedy choice was that token
-    (the same pass `specllm drafts` makes: ModelDrafter.greedy_choices)."""
-    choices = ModelDrafter(context, context.n_vocab).greedy_choices(sample.prompt, sample.output)
-    return [choice == token for choice, token in zip(choices, sample.output)]
+def recorded_output(sample: Sample, max_tokens: Optional[int] = None) -> RecordedOutput:
+    """A sample as replay.py reads an output. Without the budget it ran with, one that ended on its
+    end-of-generation token is taken to have had room for just that token (a last round then
+    drafts at most up to it)."""
+    if max_tokens is None:
+        max_tokens = len(sample.output) + (sample.end_token is not None)
+    return RecordedOutput(sample.prompt, sample.output, sample.end_token, max_tokens)
 
 
 def measure(draft_path: Path, samples: Sequence[Sample], *, k: int, lora: Optional[Path] = None,
-            threads: Optional[int] = None, n_gpu_layers: int = 0) -> Agreement:
-    """The agreement of a draft GGUF (with a LoRA adapter, if given) on the samples' outputs."""
+            threads: Optional[int] = None, n_gpu_layers: int = 0, max_tokens: Optional[int] = None) -> Agreement:
+    """The agreement of a draft GGUF (with a LoRA adapter, if given) on the samples' outputs
+    (generated with at most `max_tokens` tokens each, if known)."""
     agreement = Agreement(k)
     longest = max((len(s.prompt) + len(s.output) for s in samples), default=1)
     with llama.Model(draft_path, n_gpu_layers=n_gpu_layers) as model:
@@ -98,9 +88,12 @@ def measure(draft_path: Path, samples: Sequence[Sample], *, k: int, lora: Option
         try:
             with llama.Context(model, n_ctx=max(longest, 64), n_threads=threads) as context:
                 llama.set_lora(context, adapter)
+                drafter = ModelDrafter(context, context.n_vocab)
                 for sample in samples:
                     if sample.output:
-                        agreement.add(draft_hits(context, sample))
+                        output = recorded_output(sample, max_tokens)
+                        choices = drafter.greedy_choices(output.prompt, output.sequence)
+                        agreement.add(output, choices, model.vocab.is_eog)
         finally:
             if adapter:
                 adapter.close()

@@ -19,6 +19,7 @@ from ..prompts import BenchPrompt
 from . import require_torch
 from .agreement import Agreement, measure
 from .data import DataSettings, Sample, generate_data, plan, read_samples
+from .synthetic import default_path as default_synthetic_path, synthetic_prompts
 from .train import StepReport, TrainSettings
 
 DEFAULT_EVAL_SHARE = 0.2  # without --eval-prompts, the last fifth of the prompts is held out
@@ -39,6 +40,8 @@ class TuneSettings:
     threads: Optional[int] = None
     ctx_size: int = 4096
     device: str = "auto"
+    parallel: int = 1  # data: prompts generated at once, one shared decode per round
+    synthetic: int = 0  # data: extra training prompts the target writes (tune/synthetic.py)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -100,9 +103,15 @@ def check_pair(target: Path, draft: Path) -> None:
 
 def make_data(s: TuneSettings, train_prompts: list, eval_prompts: list, progress: TuneProgress) -> list[Sample]:
     texts = [p.text for p in train_prompts + eval_prompts]
-    jobs = plan(texts, len(train_prompts), s.data)
-    config = EngineConfig(target=str(s.target), mode="none", ctx_size=s.ctx_size, threads=s.threads)
+    config = EngineConfig(target=str(s.target), mode="none", ctx_size=s.ctx_size, threads=s.threads,
+                          parallel=s.parallel)
     with Engine(config) as engine:
+        synthetic = []
+        if s.synthetic:
+            progress.phase(f"{s.synthetic} synthetic prompts written by the target")
+            synthetic = synthetic_prompts(engine, default_synthetic_path(s.data_path),
+                                          [p.text for p in train_prompts], s.synthetic, s.data.seed)
+        jobs = plan(texts, len(train_prompts), s.data, synthetic)
         done = len({x.key for x in read_samples(s.data_path, s.data)} & {(j.prompt_index, j.variant) for j in jobs})
         progress.phase("target outputs", total=len(jobs), done=done)
         samples = generate_data(engine, s.data_path, s.data, jobs, on_sample=progress.sample)
