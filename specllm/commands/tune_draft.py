@@ -81,12 +81,14 @@ def tune_draft(
 
     The target answers the prompts (greedy and sampled); the draft, dequantized into PyTorch,
     learns the target's top-k distribution at every position (KL + cross-entropy). The adapter
-    is a GGUF file for --draft-lora. Needs the \\[tune] extra (PyTorch).
+    is a GGUF file for --draft-lora. A draft of another vocabulary (--cross-vocab) learns the
+    target's text in its own tokens (cross-entropy only). Needs the \\[tune] extra (PyTorch).
 
     [b]Examples[/b]
 
       specllm tune-draft target.gguf draft.gguf --prompts prompts.jsonl -o draft-lora.gguf
       specllm generate -m target.gguf -md draft.gguf --draft-lora draft-lora.gguf "def add(a, b):"
+      specllm tune-draft qwen-1.5b.gguf gemma-270m.gguf --cross-vocab --prompts prompts.jsonl
     """
     with reported_errors(verbose):
         llama.set_verbose(verbose)
