@@ -23,7 +23,7 @@ from specllm.tune.export import write_adapter  # noqa: E402
 from specllm.tune.forward import DraftModel  # noqa: E402
 from specllm.tune.train import TrainSettings, mean_losses, train  # noqa: E402
 from specllm.tune.weights import GgufWeights  # noqa: E402
-from tiny_models import GEMMA3_WINDOW, gemma3_variant  # noqa: E402
+from tiny_models import DRAFT_NOISE, ENGLISH_WORDS, GEMMA3_WINDOW, build_tiny_model, gemma3_variant, make_vocab  # noqa: E402
 
 TEXT = "the of and to in is it you that he was for on are as with his they at be this have from"
 TEXTS = ["the of and to in is", "it you that he was for", "on are as with his they", "at be this have from",
@@ -128,21 +128,30 @@ def test_the_cross_vocab_measurement_is_the_drafts_replay(tiny, target_samples):
     assert other.acceptance_rate < 0.2, other
 
 
-def test_tune_draft_cross_vocab_end_to_end(tiny, tmp_path):
+@pytest.fixture(scope="module")
+def noisy_twin(tmp_path_factory) -> Path:
+    """The target's model plus noise, with its vocabulary's ids reordered: another vocabulary to
+    the compatibility check, the same text, a draft that agrees with the target often, not always."""
+    return build_tiny_model(tmp_path_factory.mktemp("twin") / "noisy_twin.gguf",
+                            vocab=make_vocab(ENGLISH_WORDS, bytes_first=True), noise=DRAFT_NOISE, noise_seed=1)
+
+
+def test_tune_draft_cross_vocab_end_to_end_raises_acceptance(tiny, noisy_twin, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("\n\n".join(TEXTS * 2))
-    result = invoke("tune-draft", tiny.target, tiny.other_vocab, "--prompts", prompts, "-o", tmp_path / "x.gguf",
-                    "-n", 24, "--temp", 0, "--rank", 8, "--lr", 3e-3, "--epochs", 3, "--batch", 2, "-t", 1,
-                    "--cross-vocab", "--json")
+    result = invoke("tune-draft", tiny.target, noisy_twin, "--prompts", prompts, "-o", tmp_path / "x.gguf",
+                    "-n", 32, "--rank", 8, "--lr", 3e-3, "--epochs", 3, "--batch", 2, "-t", 1, "--cross-vocab", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["cross_vocab"] and report["samples"]["train_draft_tokens"] > 0
-    assert report["losses_after"]["train"]["ce"] < report["losses_before"]["train"]["ce"]
+    assert report["losses_after"]["train"]["ce"] < 0.5 * report["losses_before"]["train"]["ce"]
     assert report["logits_check"]["relative_diff"] < 1e-3
-    for name in ("draft", "draft+lora"):
-        acceptance = report["acceptance"][name]
-        assert acceptance["rounds"] > 0 and acceptance["tokens_per_round"] >= 1.0 and acceptance["match_rate"] is None
-    with llama.Model(tiny.other_vocab) as model:  # the adapter is one llama.cpp loads for that draft
+    before, after = report["acceptance"]["draft"], report["acceptance"]["draft+lora"]
+    assert before["rounds"] > 0 and before["match_rate"] is None
+    # Measured 26% -> 62%, 1.8 -> 3.0 tokens per round.
+    assert after["acceptance_rate"] > before["acceptance_rate"] + 0.15, (before, after)
+    assert after["tokens_per_round"] > before["tokens_per_round"]
+    with llama.Model(noisy_twin) as model:  # the adapter is one llama.cpp loads for that draft
         llama.LoraAdapter(model, tmp_path / "x.gguf").close()
 
 
