@@ -23,7 +23,8 @@ from specllm.tune.export import write_adapter  # noqa: E402
 from specllm.tune.forward import DraftModel  # noqa: E402
 from specllm.tune.train import TrainSettings, mean_losses, train  # noqa: E402
 from specllm.tune.weights import GgufWeights  # noqa: E402
-from tiny_models import DRAFT_NOISE, ENGLISH_WORDS, GEMMA3_WINDOW, build_tiny_model, gemma3_variant, make_vocab  # noqa: E402
+from tiny_models import (DRAFT_NOISE, ENGLISH_WORDS, GEMMA3_WINDOW, build_tiny_model,  # noqa: E402
+                         gemma3_variant, make_vocab)
 
 TEXT = "the of and to in is it you that he was for on are as with his they at be this have from"
 TEXTS = ["the of and to in is", "it you that he was for", "on are as with his they", "at be this have from",

@@ -96,11 +96,13 @@ def check_forward(draft_model, path, tokens: Sequence[int], *, threads: Optional
     with torch.no_grad():
         ours = draft_model.logits(torch.tensor(tokens, device=draft_model.device)).float().cpu().numpy()
     with llama.Model(path) as model:
-        check = compare_logits(ours, llama_logits(model, tokens, threads=threads), quantized=is_quantized(GgufWeights(path)))
+        theirs = llama_logits(model, tokens, threads=threads)
+    check = compare_logits(ours, theirs, quantized=is_quantized(GgufWeights(path)))
     if not check.ok:
         raise TuneError(
             f"the PyTorch forward of {path.name} does not match llama.cpp: logits differ by up to "
             f"{check.max_abs_diff:.3g}, {check.mean_abs_diff:.3g} on average ({check.relative_diff:.2f} and "
-            f"{check.mean_relative_diff:.3f} of their spread; tolerated {check.max_tolerated} and {check.mean_tolerated})",
+            f"{check.mean_relative_diff:.3f} of their spread; tolerated {check.max_tolerated} and "
+            f"{check.mean_tolerated})",
             hint="this architecture variant is not supported by tune-draft yet")
     return check
