@@ -213,9 +213,7 @@ def test_a_draft_of_another_vocabulary_is_refused_in_one_line(tiny, tmp_path):
     prompts.write_text("\n\n".join(TEXTS))
     result = invoke("tune-draft", tiny.target, tiny.other_vocab, "--prompts", prompts, "-o", tmp_path / "x.gguf")
     assert_clean_error(result, 1, "cannot draft for")
-    assert "--cross-vocab" in result.stderr
-    assert_clean_error(invoke("tune-draft", tiny.target, tiny.other_vocab, "--prompts", prompts, "--cross-vocab"), 2,
-                       "another vocabulary")
+    assert "--cross-vocab" in result.stderr  # which tunes it on text: test_tune_crossfamily.py
 
 
 @pytest.mark.real_models

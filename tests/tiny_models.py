@@ -425,3 +425,56 @@ def build_tiny_models(directory: Path) -> TinyModels:
         ),
         other_vocab=build_tiny_model(directory / "other_vocab.gguf", seed=TARGET_SEED + 1, vocab=OTHER_VOCAB),
     )
+
+
+# -- other architectures (tune-draft's forwards) --------------------------------------------
+
+GEMMA3_LAYERS = 6  # llama.cpp's gemma3: layers 0-4 see a sliding window, layer 5 is global
+GEMMA3_WINDOW = 4  # short, so that the tests' prompts reach past it
+GEMMA3_GLOBAL_ROPE_BASE = 1000.0  # not the local layers' 10000, so a swapped base shows
+
+
+def gemma3_variant(source: Path, destination: Path, n_head_kv: int = 2, seed: int = 5) -> Path:
+    """A tiny llama model rewritten as Gemma3 (Gemma-3-270M's architecture): 6 layers (blk.1's
+    weights repeated after blk.0's), grouped-query attention, per-head q/k norms, post-attention
+    and post-FFN norms (weights around 1, as convert_hf_to_gguf.py writes Gemma's 1 + w), a
+    sliding window of GEMMA3_WINDOW and a tied output. It is no designed trigram machine any
+    more (the embedding is scaled, the norms differ): a model for comparing forwards, not for
+    exact speculative outputs."""
+    reader = gguf.GGUFReader(source)
+    writer = gguf.GGUFWriter(destination, "gemma3")
+    rng = np.random.default_rng(seed)
+    renamed = {"llama.attention.head_count_kv": n_head_kv, "llama.block_count": GEMMA3_LAYERS,
+               "llama.rope.freq_base": GEMMA3_GLOBAL_ROPE_BASE}
+    for field in reader.fields.values():
+        if field.name == "general.architecture" or field.name.startswith("GGUF."):
+            continue
+        sub_type = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        value = renamed.get(field.name, field.contents())
+        writer.add_key_value(field.name.replace("llama.", "gemma3.", 1), value, field.types[0], sub_type=sub_type)
+    writer.add_uint32("gemma3.attention.sliding_window", GEMMA3_WINDOW)
+    writer.add_uint32("gemma3.attention.key_length", HEAD_DIM)
+    writer.add_uint32("gemma3.attention.value_length", HEAD_DIM)
+    tensors = {t.name: np.array(t.data, dtype=np.float32) for t in reader.tensors}
+
+    def norm(n: int) -> np.ndarray:
+        return (1.0 + 0.2 * rng.standard_normal(n)).astype(np.float32)
+
+    for name in ("token_embd.weight", "output_norm.weight"):
+        writer.add_tensor(name, tensors[name] / (math.sqrt(N_EMBD) if name == "token_embd.weight" else 1.0))
+    for i in range(GEMMA3_LAYERS):
+        layer = min(i, N_LAYER - 1)
+        for name, data in tensors.items():
+            if not name.startswith(f"blk.{layer}."):
+                continue
+            if name.endswith(("attn_k.weight", "attn_v.weight")):
+                data = data[: n_head_kv * HEAD_DIM]
+            writer.add_tensor(name.replace(f"blk.{layer}.", f"blk.{i}.", 1), data)
+        for name, n in (("attn_q_norm", HEAD_DIM), ("attn_k_norm", HEAD_DIM), ("post_attention_norm", N_EMBD),
+                        ("post_ffw_norm", N_EMBD)):
+            writer.add_tensor(f"blk.{i}.{name}.weight", norm(n))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return destination

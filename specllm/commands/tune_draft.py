@@ -86,12 +86,14 @@ def tune_draft(
 
     The target answers the prompts (greedy and sampled); the draft, dequantized into PyTorch,
     learns the target's top-k distribution at every position (KL + cross-entropy). The adapter
-    is a GGUF file for --draft-lora. Needs the \\[tune] extra (PyTorch).
+    is a GGUF file for --draft-lora. A draft of another vocabulary (--cross-vocab) learns the
+    target's text in its own tokens (cross-entropy only). Needs the \\[tune] extra (PyTorch).
 
     [b]Examples[/b]
 
       specllm tune-draft target.gguf draft.gguf --prompts prompts.jsonl -o draft-lora.gguf
       specllm generate -m target.gguf -md draft.gguf --draft-lora draft-lora.gguf "def add(a, b):"
+      specllm tune-draft qwen-1.5b.gguf gemma-270m.gguf --cross-vocab --prompts prompts.jsonl
     """
     with reported_errors(verbose):
         llama.set_verbose(verbose)
@@ -129,9 +131,6 @@ def _settings(*, target, draft, prompts, output, eval_prompts, limit, data, max_
         raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
     if not (lr > 0 and alpha > 0 and ce_weight >= 0):
         raise UsageError("--lr and --alpha must be > 0, --ce-weight >= 0")
-    if cross_vocab:
-        raise UsageError("tune-draft cannot tune a draft of another vocabulary yet (--cross-vocab)",
-                         hint="pick a draft with the target's tokenizer")
     train_prompts = select_prompts(load_prompts(prompts), None, limit)
     held_out = tuple(load_prompts(eval_prompts)) if eval_prompts else ()
     target_path = Path(resolve_model(target, progress=FetchBars()))
@@ -146,6 +145,7 @@ def _settings(*, target, draft, prompts, output, eval_prompts, limit, data, max_
         train=TrainSettings(rank=rank, alpha=alpha, lr=lr, epochs=epochs, batch=batch, ce_weight=ce_weight,
                             max_steps=max_steps, seed=seed or 0),
         k=k, merge=merge, threads=threads, ctx_size=ctx_size, device=device, parallel=parallel, synthetic=synthetic,
+        cross_vocab=cross_vocab,
     )
 
 
@@ -196,13 +196,16 @@ def _print_report(report) -> None:
                  f"mean {check['mean_abs_diff']:.3g} (of a spread of {check['logit_std']:.3g}), "
                  f"argmax agreement {check['argmax_agreement']:.0%}")
     before, after = report.losses_before, report.losses_after
-    stderr.print(f"KL to the target (train / held-out): {before['train']['kl']:.3f} / {before['eval']['kl']:.3f} "
-                 f"before, {after['train']['kl']:.3f} / {after['eval']['kl']:.3f} after; {report.steps} steps on "
+    # A cross-vocabulary draft trains on the cross-entropy of the target's text alone (no KL).
+    loss, what = ("ce", "cross-entropy of the target's text") if report.cross_vocab else ("kl", "KL to the target")
+    stderr.print(f"{what} (train / held-out): {before['train'][loss]:.3f} / {before['eval'][loss]:.3f} "
+                 f"before, {after['train'][loss]:.3f} / {after['eval'][loss]:.3f} after; {report.steps} steps on "
                  f"{report.device}, {report.train_tokens_per_second:.0f} tokens/s")
-    table = Table(title="greedy acceptance on held-out prompts (teacher-forced)")
+    how = "replayed through text, as specllm drafts does" if report.cross_vocab else "teacher-forced"
+    table = Table(title=f"greedy acceptance on held-out prompts ({how})")
     for column in ("draft", "k", "match", "acceptance", "tokens/round", "per position"):
         table.add_column(column, justify="left" if column in ("draft", "per position") else "right")
     for name, a in report.acceptance.items():
-        table.add_row(name, str(a["k"]), f"{a['match_rate']:.1%}", f"{a['acceptance_rate']:.1%}",
+        table.add_row(name, str(a["k"]), "-" if a["match_rate"] is None else f"{a['match_rate']:.1%}", f"{a['acceptance_rate']:.1%}",
                       f"{a['tokens_per_round']:.2f}", " ".join(f"{x:.0%}" for x in a["per_position_acceptance"]))
     stderr.print(table)

@@ -319,22 +319,30 @@ def _measure_same_vocab(draft_model: llama.Model, target_model: llama.Model, com
 def _measure_cross_vocab(draft_model: llama.Model, target_model: llama.Model, compatibility: Compatibility,
                          outputs: Sequence[RecordedOutput], settings: SelectionSettings,
                          adapter: Optional[llama.LoraAdapter]):
-    rounds: dict[int, ReplayedRounds] = {}
     with _draft_context(draft_model, settings, adapter) as ctx:
-        drafter = CrossVocabDrafter(ctx, target_model.vocab)
-        for output in outputs:
-            drafter.begin(output.prompt)
-
-            def propose_at(n: int, lengths: Sequence[int], output=output) -> dict[int, Proposal]:
-                found = drafter.propose_lengths(output.prompt + output.tokens[:n], lengths, GREEDY)
-                return {k: Proposal(tuple(d.tokens), d.source, decodes) for k, (d, decodes) in found.items()}
-
-            replay_fixed_k(output, settings.model_ks, propose_at, target_model.vocab.is_eog, into=rounds)
+        rounds = cross_vocab_rounds(ctx, target_model.vocab, outputs, settings.model_ks)
         t_draft = _seconds_per_draft_token(ctx)
     for replayed in rounds.values():
         # Drafting through text is priced by what it decoded (bench prices it by draft_seconds).
         replayed.stats.draft_seconds = replayed.draft_decodes * t_draft
     return rounds, t_draft
+
+
+def cross_vocab_rounds(ctx: llama.Context, target_vocab: llama.Vocab, outputs: Sequence[RecordedOutput],
+                       ks: Sequence[int]) -> dict[int, ReplayedRounds]:
+    """The rounds every k in `ks` would play with the draft on `ctx` drafting through text
+    (tune-draft measures a cross-vocabulary draft, with and without its adapter, with this)."""
+    rounds: dict[int, ReplayedRounds] = {}
+    drafter = CrossVocabDrafter(ctx, target_vocab)
+    for output in outputs:
+        drafter.begin(output.prompt)
+
+        def propose_at(n: int, lengths: Sequence[int], output=output) -> dict[int, Proposal]:
+            found = drafter.propose_lengths(output.prompt + output.tokens[:n], lengths, GREEDY)
+            return {k: Proposal(tuple(d.tokens), d.source, decodes) for k, (d, decodes) in found.items()}
+
+        replay_fixed_k(output, ks, propose_at, target_vocab.is_eog, into=rounds)
+    return rounds
 
 
 def _seconds_per_draft_token(ctx: llama.Context) -> float:

@@ -2,8 +2,11 @@
 
     data.py      the target's own outputs and top-k log-probabilities, in a resumable file
     weights.py   the draft's GGUF read and dequantized (numpy); its architecture's settings
+                 (llama, qwen2, gemma3)
     forward.py   a hand-written PyTorch forward of that architecture, with LoRA on the projections
     train.py     the loss (KL to the target's top-k + cross-entropy), the loop, checkpoints
+    crossvocab.py  a draft of another vocabulary (--cross-vocab): the target's text in the draft's
+                 tokens (cross-entropy only), acceptance replayed as `specllm drafts` does
     export.py    the GGUF LoRA adapter; the merged and re-quantized draft
     agreement.py teacher-forced greedy acceptance of a draft (llama.cpp), before and after
 

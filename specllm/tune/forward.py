@@ -1,10 +1,13 @@
-"""The draft's forward pass in PyTorch, written from its GGUF (llama and qwen2 architectures),
-with a LoRA on every attention and FFN projection.
+"""The draft's forward pass in PyTorch, written from its GGUF (llama, qwen2 and gemma3
+architectures), with a LoRA on every attention and FFN projection.
 
 It computes what llama.cpp computes for these architectures: RMS norm, rotary positions in the
-architecture's style (see weights.ROPE_STYLE), grouped-query causal attention, a SwiGLU FFN,
-and the output matrix (the token embedding when tied). correctness.py checks the logits against
-llama.cpp's on the same tokens.
+architecture's style (see weights.ROPE_STYLE), grouped-query causal attention, a gated FFN,
+and the output matrix (the token embedding when tied). Gemma3 (llama.cpp's build_gemma3) adds,
+each where its tensors or settings say so: the embedding scaled by sqrt(n_embd), an RMS norm
+of every query and key head, norms after attention and after the FFN (before the residual
+adds), a tanh-GELU gate, its own query scale, and sliding-window layers with their own rotary
+base. correctness.py checks the logits against llama.cpp's on the same tokens.
 
 LoRA (Hu et al. 2021, the peft convention llama.cpp's adapters use): W x + (alpha / r) B A x,
 with A (r, in) drawn small and B (out, r) zero, so training starts from the draft itself.
@@ -73,8 +76,12 @@ class Block(nn.Module):
             full = f"blk.{i}.{name}"
             return torch.from_numpy(w.array(full)).to(device) if w.has(full) else None
 
+        self.index = i
         self.attn_norm = tensor("attn_norm.weight")
         self.ffn_norm = tensor("ffn_norm.weight")
+        # Gemma3's (None elsewhere): per-head query/key norms, norms of each sublayer's output.
+        self.q_norm, self.k_norm = tensor("attn_q_norm.weight"), tensor("attn_k_norm.weight")
+        self.post_attn_norm, self.post_ffn_norm = tensor("post_attention_norm.weight"), tensor("post_ffw_norm.weight")
         self.proj = nn.ModuleDict({
             name: LoraLinear(tensor(f"{name}.weight"), tensor(f"{name}.bias"), rank, alpha) for name in PROJECTIONS
         })
@@ -85,14 +92,33 @@ class Block(nn.Module):
         q = p["attn_q"](h).view(T, s.n_head, s.head_dim).transpose(0, 1)
         k = p["attn_k"](h).view(T, s.n_head_kv, s.head_dim).transpose(0, 1)
         v = p["attn_v"](h).view(T, s.n_head_kv, s.head_dim).transpose(0, 1)
+        if self.q_norm is not None:
+            q, k = rms_norm(q, self.q_norm, s.rms_eps), rms_norm(k, self.k_norm, s.rms_eps)
         q, k = rotate(q, cos, sin, s.n_rot, s.rope_style), rotate(k, cos, sin, s.n_rot, s.rope_style)
         if s.n_head_kv != s.n_head:  # grouped-query attention: each kv head serves a group of q heads
             group = s.n_head // s.n_head_kv
             k, v = k.repeat_interleave(group, dim=0), v.repeat_interleave(group, dim=0)
-        attn = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + p["attn_output"](attn.transpose(0, 1).reshape(T, s.n_head * s.head_dim))
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(T, s, self.index, x.device),
+                                              scale=s.attn_scale)
+        out = p["attn_output"](attn.transpose(0, 1).reshape(T, s.n_head * s.head_dim))
+        x = x + (out if self.post_attn_norm is None else rms_norm(out, self.post_attn_norm, s.rms_eps))
         h = rms_norm(x, self.ffn_norm, s.rms_eps)
-        return x + p["ffn_down"](F.silu(p["ffn_gate"](h)) * p["ffn_up"](h))
+        gate = p["ffn_gate"](h)
+        gate = F.silu(gate) if s.ffn_act == "silu" else F.gelu(gate, approximate="tanh")  # ggml_gelu is tanh's
+        out = p["ffn_down"](gate * p["ffn_up"](h))
+        return x + (out if self.post_ffn_norm is None else rms_norm(out, self.post_ffn_norm, s.rms_eps))
+
+
+def attention_mask(T: int, s: ArchSettings, layer: int, device: torch.device) -> torch.Tensor:
+    """Which keys each query sees (True: attends): causal, and on a sliding-window layer only the
+    last s.sliding_window positions, the query's own included (llama.cpp's LLAMA_SWA_TYPE_STANDARD
+    masks a key when query position - key position >= the window)."""
+    pos = torch.arange(T, device=device)
+    distance = pos[:, None] - pos[None, :]
+    allowed = distance >= 0
+    if s.is_local(layer):
+        allowed &= distance < s.sliding_window
+    return allowed
 
 
 class DraftModel(nn.Module):
@@ -109,8 +135,6 @@ class DraftModel(nn.Module):
                        if weights.has("output.weight") else self.token_embd)
         self.output_norm = torch.from_numpy(weights.array("output_norm.weight")).to(dev)
         self.blocks = nn.ModuleList(Block(weights, i, rank, alpha, dev) for i in range(s.n_layer))
-        inv_freq = s.rope_base ** (-torch.arange(0, s.n_rot, 2, dtype=torch.float64) / s.n_rot)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     @property
     def device(self) -> torch.device:
@@ -118,13 +142,21 @@ class DraftModel(nn.Module):
 
     def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
         """The final normalised hidden states (T, n_embd) of a token sequence from position 0."""
+        s = self.settings
         positions = torch.arange(tokens.shape[0], dtype=torch.float64, device=self.device)
-        angles = torch.outer(positions, self.inv_freq)
-        cos, sin = angles.cos().float(), angles.sin().float()
+        rotations = {}  # (base, position scale) -> (cos, sin): Gemma3's local and global layers differ
         x = self.token_embd[tokens]
-        for block in self.blocks:
-            x = block(x, self.settings, cos, sin)
-        return rms_norm(x, self.output_norm, self.settings.rms_eps)
+        if s.embd_scale != 1.0:
+            x = x * s.embd_scale
+        for i, block in enumerate(self.blocks):
+            rope = s.rope(i)
+            if rope not in rotations:
+                base, scale = rope
+                inv_freq = base ** (-torch.arange(0, s.n_rot, 2, dtype=torch.float64, device=self.device) / s.n_rot)
+                angles = torch.outer(positions * scale, inv_freq)
+                rotations[rope] = angles.cos().float(), angles.sin().float()
+            x = block(x, s, *rotations[rope])
+        return rms_norm(x, self.output_norm, s.rms_eps)
 
     def logits(self, tokens: torch.Tensor, rows: Optional[slice] = None) -> torch.Tensor:
         """Logits (T or len(rows), n_vocab): row i predicts the token after tokens[i]. `rows`

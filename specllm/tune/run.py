@@ -17,7 +17,7 @@ from ..engine import Engine
 from ..errors import IncompatibleModelsError, TuneError
 from ..prompts import BenchPrompt
 from . import require_torch
-from .agreement import Agreement, measure
+from .agreement import measure
 from .data import DataSettings, Sample, generate_data, plan, read_samples
 from .synthetic import default_path as default_synthetic_path, synthetic_prompts
 from .train import StepReport, TrainSettings
@@ -42,6 +42,7 @@ class TuneSettings:
     device: str = "auto"
     parallel: int = 1  # data: prompts generated at once, one shared decode per round
     synthetic: int = 0  # data: extra training prompts the target writes (tune/synthetic.py)
+    cross_vocab: bool = False  # a draft of another vocabulary trains on the target's text (crossvocab.py)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -74,6 +75,7 @@ class TuneReport:
     steps: int = 0
     train_tokens_per_second: float = 0.0
     acceptance: dict = field(default_factory=dict)  # "draft", "draft+lora", "merged" -> Agreement.to_dict()
+    cross_vocab: bool = False  # trained on text (cross-entropy only), measured by the cross-vocabulary replay
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -90,15 +92,19 @@ def split_prompts(prompts: Sequence[BenchPrompt], eval_prompts: Sequence[BenchPr
     return list(prompts[:-n_eval]), list(prompts[-n_eval:])
 
 
-def check_pair(target: Path, draft: Path) -> None:
-    """The pair must share token ids: distillation is per token."""
+def check_pair(target: Path, draft: Path, cross_vocab: bool = False) -> bool:
+    """Whether the pair shares token ids (distillation per token). A pair that does not is
+    tuned through text with --cross-vocab, and refused without it."""
     with llama.Model(target, vocab_only=True) as t, llama.Model(draft, vocab_only=True) as d:
         try:
             ensure_compatible(t, d)
         except IncompatibleModelsError as refusal:
-            refusal.hint = ("tune-draft distils per token: pick a draft with the target's tokenizer "
-                            "(--cross-vocab tuning is not supported yet)")
+            if cross_vocab:
+                return False
+            refusal.hint = ("tune-draft distils per token: add --cross-vocab to train the draft on the target's "
+                            "text instead, or pick a draft with the target's tokenizer")
             raise
+    return True
 
 
 def make_data(s: TuneSettings, train_prompts: list, eval_prompts: list, progress: TuneProgress) -> list[Sample]:
@@ -135,7 +141,7 @@ def tune(s: TuneSettings, progress: TuneProgress = TuneProgress()) -> TuneReport
     from .correctness import check_forward
     from .weights import GgufWeights
 
-    check_pair(s.target, s.draft)
+    per_token = check_pair(s.target, s.draft, s.cross_vocab)
     weights = GgufWeights(s.draft)  # an architecture tune-draft cannot train fails here, before the data
     train_prompts, eval_prompts = split_prompts(s.prompts, s.eval_prompts)
     samples = make_data(s, train_prompts, eval_prompts, progress)
@@ -145,14 +151,22 @@ def tune(s: TuneSettings, progress: TuneProgress = TuneProgress()) -> TuneReport
         raise TuneError("the target wrote nothing for any training prompt", hint="check the prompts and --max-tokens")
     report = TuneReport(samples={"train": len(train_set), "eval": len(eval_set),
                                  "train_tokens": sum(len(x.output) for x in train_set),
-                                 "eval_tokens": sum(len(x.output) for x in eval_set)})
+                                 "eval_tokens": sum(len(x.output) for x in eval_set)}, cross_vocab=not per_token)
+    target_eval = eval_set  # acceptance is measured on the target's own tokens
+    if not per_token:
+        from .crossvocab import text_samples
+
+        train_set, eval_set = text_samples(train_set, s.target, s.draft), text_samples(eval_set, s.target, s.draft)
+        report.samples.update(train_draft_tokens=sum(len(x.output) for x in train_set),
+                              eval_draft_tokens=sum(len(x.output) for x in eval_set))
     if s.threads:
         torch.set_num_threads(s.threads)
     report.device = pick_device(torch, s.device)
     progress.phase("loading the draft into PyTorch")
     torch.manual_seed(s.train.seed)  # the adapter's initial A: the same run, the same adapter
     model = DraftModel(weights, rank=s.train.rank, alpha=s.train.alpha, device=report.device)
-    report.logits_check = check_forward(model, s.draft, train_set[0].prompt + train_set[0].output,
+    first = train_set[0]
+    report.logits_check = check_forward(model, s.draft, first.prompt + first.output if per_token else first.tokens,
                                         threads=s.threads).to_dict()
     progress.phase("losses before training")
     report.losses_before = {"train": mean_losses(model, train_set), "eval": mean_losses(model, eval_set)}
@@ -178,21 +192,28 @@ def tune(s: TuneSettings, progress: TuneProgress = TuneProgress()) -> TuneReport
     del model
 
     progress.phase("acceptance on held-out prompts")
-    report.acceptance = measure_acceptance(s, eval_set, lora)
+    report.acceptance = measure_acceptance(s, target_eval, lora, per_token)
     report.merged = str(s.merged_path) if s.merge else None
     return report
 
 
-def measure_acceptance(s: TuneSettings, eval_set: list[Sample], lora: dict) -> dict[str, dict]:
-    """Teacher-forced greedy acceptance at k of the draft, the draft + adapter and (--merge) the
-    merged, re-quantized draft, on the held-out outputs."""
-    results: dict[str, Agreement] = {
-        "draft": measure(s.draft, eval_set, k=s.k, threads=s.threads),
-        "draft+lora": measure(s.draft, eval_set, k=s.k, lora=s.output, threads=s.threads),
-    }
+def measure_acceptance(s: TuneSettings, eval_set: list[Sample], lora: dict, per_token: bool = True) -> dict[str, dict]:
+    """Greedy acceptance at k of the draft, the draft + adapter and (--merge) the merged,
+    re-quantized draft, on the held-out outputs: teacher-forced for a draft of the target's
+    vocabulary, the replay of `specllm drafts` through text for one of another."""
+    if per_token:
+        def accept(draft: Path, lora_path: Optional[Path] = None) -> dict:
+            return measure(draft, eval_set, k=s.k, lora=lora_path, threads=s.threads).to_dict()
+    else:
+        from .crossvocab import measure_cross_vocab
+
+        def accept(draft: Path, lora_path: Optional[Path] = None) -> dict:
+            return measure_cross_vocab(draft, s.target, eval_set, k=s.k, lora=lora_path, threads=s.threads).to_dict()
+
+    results = {"draft": accept(s.draft), "draft+lora": accept(s.draft, s.output)}
     if s.merge:
         from .export import merged_updates, write_merged
 
         write_merged(s.draft, merged_updates(s.train.alpha, lora), s.merged_path, n_threads=s.threads)
-        results["merged"] = measure(s.merged_path, eval_set, k=s.k, threads=s.threads)
-    return {name: a.to_dict() for name, a in results.items()}
+        results["merged"] = accept(s.merged_path)
+    return results

@@ -4,7 +4,8 @@ Loss per output position (Hong et al. 2025: offline white-box distillation):
     KL(p || q) over the target's top-k ids, p renormalised on them (the file keeps only top-k),
   + ce_weight * cross-entropy of the target's token under the draft q.
 The KL teaches the draft the target's whole preference; the cross-entropy its first choice,
-which is what greedy acceptance counts.
+which is what greedy acceptance counts. A draft of another vocabulary trains on the
+cross-entropy alone, of the target's text in its own tokens (crossvocab.TextSample).
 
 The loop checkpoints the adapter, the optimiser and the step, so that an interrupted run resumes
 where it stopped (the sample order is a function of the seed and the epoch).
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TuneError
+from .crossvocab import TextSample
 from .data import Sample
 from .forward import DraftModel
 
@@ -51,10 +53,15 @@ class StepReport:
     tokens_per_second: float  # of the step, forward and backward
 
 
-def sample_losses(model: DraftModel, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_losses(model: DraftModel, sample: Sample | TextSample) -> tuple[torch.Tensor, torch.Tensor]:
     """(KL to the target's top-k, cross-entropy of the target's tokens), each a mean over the
-    sample's output positions."""
+    sample's output positions. A TextSample has no KL (zero): see crossvocab.py."""
     device = model.device
+    if isinstance(sample, TextSample):
+        tokens = torch.tensor(sample.tokens, device=device)
+        n = sample.n_context
+        logits = model.logits(tokens[:-1], slice(n - 1, None))  # row i predicts tokens[i + 1]
+        return torch.zeros((), device=device), F.cross_entropy(logits, tokens[n:])
     n_out, n_prompt = len(sample.output), len(sample.prompt)
     tokens = torch.tensor(sample.prompt + sample.output[:-1], device=device)
     # Row n_prompt - 1 (the last prompt token) predicts output[0].
@@ -130,21 +137,28 @@ def checkpoint_identity(s: TrainSettings, draft_name: str, samples: Sequence[Sam
 CHECKPOINT_EVERY_SECONDS = 60.0  # an interruption loses at most a minute of training
 
 
+def sample_loss(kl: torch.Tensor, ce: torch.Tensor, sample: Sample | TextSample, s: TrainSettings) -> torch.Tensor:
+    """What a sample's step minimises: KL + ce_weight * CE; a TextSample's CE alone (no KL)."""
+    return ce if isinstance(sample, TextSample) else kl + s.ce_weight * ce
+
+
 def _step(model: DraftModel, optimizer: torch.optim.Optimizer, batch: Sequence[Sample], s: TrainSettings) -> StepReport:
     """One optimiser step on a batch: the token-weighted mean loss of its samples."""
     began = time.perf_counter()
     optimizer.zero_grad()
     n_tokens = sum(len(sample.output) for sample in batch)
-    kl_sum = ce_sum = 0.0
+    kl_sum = ce_sum = loss_sum = 0.0
     for sample in batch:
         kl, ce = sample_losses(model, sample)
         weight = len(sample.output) / n_tokens
-        ((kl + s.ce_weight * ce) * weight).backward()
+        loss = sample_loss(kl, ce, sample, s) * weight
+        loss.backward()
         kl_sum += kl.item() * weight
         ce_sum += ce.item() * weight
+        loss_sum += loss.item()
     optimizer.step()
     seconds = time.perf_counter() - began
-    return StepReport(0, 0, kl_sum + s.ce_weight * ce_sum, kl_sum, ce_sum, n_tokens,
+    return StepReport(0, 0, loss_sum, kl_sum, ce_sum, n_tokens,
                       n_tokens / seconds if seconds > 0 else 0.0)
 
 
