@@ -209,3 +209,23 @@ def read_pty_until_exit(proc: subprocess.Popen, fd: int, timeout: float = 60) ->
             break
     proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     return data
+
+
+# A HumanEval-like line of code: what the real-model forward checks of tune-draft compare on.
+CODE_FOR_FORWARD_CHECKS = ('def has_close_elements(numbers: list[float], threshold: float) -> bool:\n'
+                           '    """Check if in given list of numbers, are any two numbers closer to each other '
+                           'than given threshold."""\n    for i, a in enumerate(numbers):\n')
+
+
+def check_real_forward(path):
+    """tune-draft's PyTorch forward of a real draft against llama.cpp on CODE_FOR_FORWARD_CHECKS
+    (raises beyond correctness.py's tolerance); the check, for its argmax agreement."""
+    from specllm import llama
+    from specllm.tune.correctness import check_forward
+    from specllm.tune.forward import DraftModel
+    from specllm.tune.weights import GgufWeights
+
+    model = DraftModel(GgufWeights(path))
+    with llama.Model(path, vocab_only=True) as m:
+        tokens = m.vocab.tokenize(CODE_FOR_FORWARD_CHECKS)
+    return check_forward(model, path, tokens, threads=2)

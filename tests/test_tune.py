@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the [tune] extra (PyTorch) is not installed")
 import gguf  # noqa: E402
 
-from helpers import PROMPT, assert_clean_error, invoke  # noqa: E402
+from helpers import PROMPT, assert_clean_error, check_real_forward, invoke  # noqa: E402
 from specllm import llama  # noqa: E402
 from specllm.engine import Engine, EngineConfig  # noqa: E402
 from specllm.tune.correctness import MAX_RELATIVE_DIFF, compare_logits, llama_logits  # noqa: E402
@@ -219,12 +219,5 @@ def test_a_draft_of_another_vocabulary_is_refused_in_one_line(tiny, tmp_path):
 @pytest.mark.real_models
 def test_the_real_drafts_dequantized_forward_matches_llama_cpp(real_draft_path):
     """Qwen2.5-Coder-0.5B Q4_K_M: measured max |diff| 0.69, mean 0.056, spread 2.8 (correctness.py)."""
-    from specllm.tune.correctness import check_forward
-
-    model = DraftModel(GgufWeights(real_draft_path))
-    with llama.Model(real_draft_path, vocab_only=True) as m:
-        tokens = m.vocab.tokenize('def has_close_elements(numbers: list[float], threshold: float) -> bool:\n'
-                                  '    """Check if in given list of numbers, are any two numbers closer to each other '
-                                  'than given threshold."""\n    for i, a in enumerate(numbers):\n')
-    check = check_forward(model, real_draft_path, tokens, threads=2)  # raises beyond the tolerance
+    check = check_real_forward(real_draft_path)  # raises beyond the tolerance
     assert check.argmax_agreement > 0.95, check

@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the [tune] extra (PyTorch) is not installed")
 
-from helpers import assert_clean_error, cached_real_model, invoke  # noqa: E402
+from helpers import assert_clean_error, cached_real_model, check_real_forward, invoke  # noqa: E402
 from specllm import llama  # noqa: E402
 from specllm.engine import Engine, EngineConfig  # noqa: E402
 from specllm.tune.correctness import check_forward, compare_logits, llama_logits  # noqa: E402
@@ -170,10 +170,5 @@ def test_the_real_gemma_forward_matches_llama_cpp():
     path = cached_real_model("gemma-3-270m-q4_k_m")
     if path is None:
         pytest.skip("gemma-3-270m-q4_k_m is not cached (run `specllm models fetch gemma-3-270m-q4_k_m`)")
-    model = DraftModel(GgufWeights(path))
-    with llama.Model(path, vocab_only=True) as m:
-        tokens = m.vocab.tokenize('def has_close_elements(numbers: list[float], threshold: float) -> bool:\n'
-                                  '    """Check if in given list of numbers, are any two numbers closer to each other '
-                                  'than given threshold."""\n    for i, a in enumerate(numbers):\n')
-    check = check_forward(model, path, tokens, threads=2)  # raises beyond the tolerance
+    check = check_real_forward(path)  # raises beyond the tolerance
     assert check.argmax_agreement > 0.9, check
