@@ -19,7 +19,7 @@ from specllm.engine import Engine, EngineConfig  # noqa: E402
 from specllm.tune.correctness import check_forward, compare_logits, llama_logits  # noqa: E402
 from specllm.tune.crossvocab import measure_cross_vocab, text_samples  # noqa: E402
 from specllm.tune.data import DataSettings, generate_data, plan  # noqa: E402
-from specllm.tune.export import write_adapter  # noqa: E402
+from specllm.tune.export import merged_updates, write_adapter, write_merged  # noqa: E402
 from specllm.tune.forward import DraftModel  # noqa: E402
 from specllm.tune.train import TrainSettings, mean_losses, train  # noqa: E402
 from specllm.tune.weights import GgufWeights  # noqa: E402
@@ -70,7 +70,7 @@ def test_the_gemma3_forward_matches_llama_cpp_past_its_sliding_window(gemma3):
         assert not compare_logits(torch_logits(model, tokens), theirs).ok, wrong
 
 
-def test_the_gemma3_adapter_changes_llama_cpps_logits_as_torch_predicts(gemma3, tmp_path):
+def test_the_gemma3_adapter_and_its_merge_change_llama_cpps_logits_as_torch_predicts(gemma3, tmp_path):
     torch.manual_seed(1)
     model = DraftModel(GgufWeights(gemma3), rank=4, alpha=8)
     with torch.no_grad():
@@ -85,6 +85,12 @@ def test_the_gemma3_adapter_changes_llama_cpps_logits_as_torch_predicts(gemma3, 
     ours = torch_logits(model, tokens)
     assert np.abs(theirs - plain).max() > 1.0  # the adapter matters in llama.cpp...
     assert np.abs(ours - theirs).max() < GEMMA_F32_TOLERANCE * theirs.std()  # ...as torch predicts
+
+    # --merge: the same update merged into the weights (written in the draft's own float32) is
+    # the adapted draft in llama.cpp too.
+    assert write_merged(gemma3, merged_updates(8.0, lora), tmp_path / "m.gguf") == 0
+    _, merged = tokens_and_logits(tmp_path / "m.gguf")
+    assert np.abs(merged - theirs).max() < GEMMA_F32_TOLERANCE * theirs.std()
 
 
 @pytest.fixture(scope="module")
