@@ -35,8 +35,10 @@ from .contention import ContentionMeter
 if TYPE_CHECKING:
     from ..llama import Context
 
-# Profiles of another layout are ignored (an older specllm stored absolute times per size).
-PROFILE_VERSION = 2
+# Profiles of another layout are ignored: version 1 stored absolute times per size; version 2
+# timed a model draft with the history the model first caught up on, so its draft time and its
+# verdict on the draft model (which then never looked at the model again) are not to be kept.
+PROFILE_VERSION = 3
 # Weight of a new T(1) measurement: about the last 5-10 plain decodes count.
 SPEED_EMA = 0.2
 # Weight of a new T(n)/T(1) measurement for one size (sizes are seen less often than T(1)).
