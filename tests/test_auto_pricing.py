@@ -295,3 +295,28 @@ def test_a_model_draft_is_priced_without_the_history_the_model_caught_up_on():
     policy.begin([1, 2, 3])
     draft = policy._model_draft([1, 2, 3], 4, CHOOSE, "look")
     assert draft.tokens and 0 <= costs.draft_t1 < 0.01
+
+
+def cpu_steps(n: int) -> float:
+    """T(n)/T(1) of this project's 2-core CPU: flatter than linear at small n (1.45 at 2, 2 at 4)."""
+    return {1: 1.0, 2: 1.45, 3: 1.8, 4: 2.0, 5: 2.2}.get(n, 2.2 + 0.15 * (n - 5))
+
+
+@pytest.mark.parametrize("steps, unseen, looks", [(cpu_steps, 0, True), (cpu_steps, 40, False),
+                                                  (flat_steps, 40, True)])
+def test_a_look_at_the_draft_model_pays_for_the_history_it_must_catch_up_on(steps, unseen, looks):
+    # A draft at 0.4 of a target step per token, 95% confident: on this CPU a look right after
+    # the prompt could pay, one that must first decode 40 tokens of plain rounds cannot; on a
+    # GPU's flat T(n) the catch-up costs little and the look is taken.
+    class Behind(ConfidentModel):
+        def unseen(self, history) -> int:
+            return unseen
+
+    model = Behind()
+    costs = measured(steps)
+    costs.draft_t1 = 0.4 * T1
+    policy = AutoPolicy([], model, max_k=8, costs=costs)
+    policy.learned.confidence.observe(0.95, True)
+    policy.begin([1, 2, 3])
+    draft = policy.draft([1, 2, 3, 4], 1000, CHOOSE)
+    assert (draft.source == "model") == looks and (model.calls > 0) == looks

@@ -106,6 +106,12 @@ class CostModel:
     def draft_time(self, n: int = 1) -> float:
         return self.draft_t1 * n
 
+    def catch_up_time(self, n: int) -> float:
+        """A draft model's one decode of n history tokens it has not seen: its T(1) times the
+        target's shape T(n)/T(1) (the same machine and the same kind of model; the draft's own
+        shape is not measured)."""
+        return self.draft_t1 * self.ratio(n) if n > 0 else 0.0
+
     def ratio(self, n: int) -> float:
         """T(n) / T(1): measured in this run, else the saved profile rescaled, else fitted; never
         below the ratio of a smaller size (a decode of more tokens does more work: a dip is noise,

@@ -191,23 +191,32 @@ class AutoPolicy:
             # it is time to look (a look costs a few draft tokens, not a full-length draft).
             if self.learned.model_rate(plain) > (best_rate if best.tokens else plain * MARGIN):
                 return self._model_draft(history, k_max, choose, "model")
-            if not best.tokens and self.learned.wants_a_look() and self._model_can_pay(k_max):
+            if (not best.tokens and self.learned.wants_a_look()
+                    and self._model_can_pay(k_max, self._unseen_by_model(history))):
                 return self._model_draft(history, min(k_max, EXPLORE_MAX_K), choose, "look")
         if not best.tokens and near_rate >= plain * PROBE_MIN_RATE:
             best, best_alphas, why = self._probe(near), near_alphas, "probe"
         self._remember_candidates(len(history), candidates, best)
         return self._chosen(best, lookup_seconds, why=why if best.tokens else "plain", predicted=best_alphas)
 
-    def _model_can_pay(self, k_max: int) -> bool:
+    def _model_can_pay(self, k_max: int, unseen: int = 0) -> bool:
         """Whether a model draft could beat plain decoding at all: every token at the best
-        acceptance learned for any confidence, at the measured costs of drafting and verifying.
-        Where a verify of n tokens costs almost n plain steps (a CPU), only near-certain tokens
-        pay, and a look at the model is a loss before it starts."""
+        acceptance learned for any confidence, at the measured costs of drafting and verifying,
+        and of first catching up on `unseen` history tokens. Where a verify of n tokens costs
+        almost n plain steps (a CPU), only near-certain tokens pay, and a look at the model is a
+        loss before it starts; so is a look that must first decode the 40 tokens of the plain
+        rounds since the last one (on a 2-core CPU 0.5B's catch-up took 150-250 ms, 2-3 target
+        steps, and two looks cost 8% of a 96-token run); on a GPU both are cheap."""
         alpha = self.learned.confidence.best_alpha()
         per_token = self.costs.draft_time(1)
+        switch = self.costs.catch_up_time(unseen)
         alphas = [alpha] * min(k_max, MODEL_PRICING_MAX_K)
-        rates = draft_rates(alphas, lambda k: k * per_token + self.costs.target_time(k + 1))
+        rates = draft_rates(alphas, lambda k: switch + k * per_token + self.costs.target_time(k + 1))
         return len(rates) > 1 and max(rates[1:]) > self.costs.plain_rate() * MARGIN
+
+    def _unseen_by_model(self, history: Sequence[int]) -> int:
+        unseen = getattr(self.model, "unseen", None)
+        return unseen(history) if unseen is not None else 0
 
     def _remember_candidates(self, history_length: int, candidates: list[Draft], drafted: Draft) -> None:
         # The drafted candidate's first len(drafted) tokens are observed by `observe`.
@@ -269,12 +278,14 @@ class AutoPolicy:
 
         draft = self.model.propose(history, k_max, choose, keep_drafting)
         seconds, busy = self.costs.meter.stop(span)
-        # Without the history it caught up on: after plain or lookup rounds that is a cost of
-        # switching to the model, once, and counted as drafting it made the model's tokens look
-        # dearer than the target's (a look after 16 plain rounds decodes 16 tokens first).
-        seconds = max(seconds - getattr(self.model, "catch_up", CatchUp()).seconds, 0.0)
+        # The price of a draft token leaves out the history the model caught up on first: after
+        # plain or lookup rounds that is a cost of switching to the model, once, and counted as
+        # drafting it made the model's tokens look dearer than the target's (a look after 16
+        # plain rounds decodes 16 tokens first). The round's own rate keeps it: a look that
+        # had to catch up cost that much, and looks that do not pay come less and less often.
+        drafting = max(seconds - getattr(self.model, "catch_up", CatchUp()).seconds, 0.0)
         if draft.tokens:
-            self.costs.observe_draft(len(draft), seconds, busy)
+            self.costs.observe_draft(len(draft), drafting, busy)
         alphas = [self.learned.confidence.alpha(c) for c in draft.confidence or []]
         if draft.tokens and choose.kind != "rejection":
             # Drafting time is spent now; verify the prefix with the best expected rate. Only

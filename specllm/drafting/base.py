@@ -106,6 +106,12 @@ class ModelDrafter:
             ctx.decode(missing)
         return len(missing)
 
+    def unseen(self, history: Sequence[int]) -> int:
+        """History tokens a propose would first have to catch up on (auto mode prices a look)."""
+        if self.n_target_vocab > self.context.n_vocab:
+            history = self._readable(history)
+        return max(len(history) - 1 - common_prefix_length(self.context.tokens, history[:-1]), 0)
+
     def propose(
         self, history: Sequence[int], k: int, choose: DraftChooser, keep_drafting: KeepDrafting | None = None
     ) -> Draft:
