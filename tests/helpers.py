@@ -229,3 +229,15 @@ def check_real_forward(path):
     with llama.Model(path, vocab_only=True) as m:
         tokens = m.vocab.tokenize(CODE_FOR_FORWARD_CHECKS)
     return check_forward(model, path, tokens, threads=2)
+
+
+def quiet_meter():
+    """A ContentionMeter that judges every span quiet: for tests of what is learned from a
+    timing, not of contention (sleeps and a shared CI machine would read as busy)."""
+    from specllm.auto.contention import ContentionMeter
+
+    class QuietMeter(ContentionMeter):
+        def judge(self, wall: float, cpu: float) -> bool:
+            return False
+
+    return QuietMeter()

@@ -11,6 +11,7 @@ import time
 from contextlib import contextmanager
 
 import pytest
+from helpers import quiet_meter
 
 from specllm.auto import ContentionMeter, CostModel, ShapePoint
 from specllm.auto.contention import MIN_QUIET_SHARE
@@ -196,12 +197,8 @@ def test_the_meter_judges_by_cpu_share():
 def test_a_saved_draft_time_is_measured_again_at_the_start_of_a_run(tiny):
     # A saved draft time that is too high (once: a catch-up timed as drafting) would keep the
     # draft model from ever being looked at, so it would never be corrected by its rounds.
-    class QuietMachine(ContentionMeter):  # this test is about the remeasure, not contention
-        def judge(self, wall: float, cpu: float) -> bool:
-            return False
-
     costs = quiet_costs()
-    costs.draft_t1, costs.meter = 10.0, QuietMachine()
+    costs.draft_t1, costs.meter = 10.0, quiet_meter()  # about the remeasure, not contention
     target, draft = Model(tiny.target), Model(tiny.draft_copy)
     try:
         with Context(target, n_ctx=256, n_threads=1) as t_ctx, Context(draft, n_ctx=256, n_threads=1) as d_ctx:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from helpers import quiet_meter
 
 from specllm.auto import AutoPolicy, CostModel, Learned, RoundTrace, ShapePoint, calibration_report
 from specllm.auto.acceptance import match_bucket
@@ -283,14 +284,9 @@ def test_a_model_draft_is_priced_without_the_history_the_model_caught_up_on():
             self.catch_up = CatchUp(16, 0.05)
             return Draft(tokens=[1, 2], source="model", confidence=[0.95, 0.95])
 
-    from specllm.auto.contention import ContentionMeter
-
-    class QuietMachine(ContentionMeter):  # the sleep stands for decoding: judge it quiet
-        def judge(self, wall: float, cpu: float) -> bool:
-            return False
-
     costs = measured(flat_steps)
-    costs.draft_t1, costs.draft_t1_fresh, costs.meter = 0.0, 0, QuietMachine()
+    # The sleep stands for decoding: judge it quiet.
+    costs.draft_t1, costs.draft_t1_fresh, costs.meter = 0.0, 0, quiet_meter()
     policy = AutoPolicy([], SlowCatchUp(), max_k=4, costs=costs)
     policy.begin([1, 2, 3])
     draft = policy._model_draft([1, 2, 3], 4, CHOOSE, "look")
