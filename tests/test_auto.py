@@ -18,6 +18,7 @@ from specllm.auto import (
     expected_tokens,
 )
 from specllm.auto.costs import PLAIN_PROBE_INTERVAL, PROFILE_VERSION
+from specllm.auto.learned import MARGIN
 from specllm.drafting.base import NO_DRAFT, Draft
 from specllm.sampling import DraftChooser, Sampler, SamplingParams
 
@@ -340,11 +341,47 @@ def test_lucky_short_drafts_do_not_make_a_long_bet_look_certain():
 def test_one_lucky_model_round_is_not_saved_as_a_verdict():
     learned = Learned()
     learned.start_from(0.9, plain_rate=10.0)
-    learned.observe_model_round(13.0, plain_rate=10.0)  # one look, 4 of 4 accepted
+    learned.observe_model_round(5, 5 / 13.0, plain_rate=10.0)  # one look, 4 of 4 accepted
     assert learned.model_verdict_to_save(10.0) is None  # the saved 0.9 stays
     for _ in range(2):
-        learned.observe_model_round(8.0, plain_rate=10.0)
+        learned.observe_model_round(2, 2 / 8.0, plain_rate=10.0)
     assert learned.model_verdict_to_save(10.0) == pytest.approx(learned.model_rate_ratio(10.0))
+
+
+def model_round_seconds(k: int, draft_per_token: float, verify) -> float:
+    return k * draft_per_token + verify(k + 1)
+
+
+def flat_seconds(n: int) -> float:
+    return 0.010 * (1 + 0.01 * (n - 1))  # a GPU: a verify of n tokens costs about one step
+
+
+def test_one_lucky_look_does_not_keep_a_losing_draft_model_drafting():
+    # CPU costs, a draft token at 0.4 of a target step (the 0.5B here): a look with 4 of 4
+    # accepted, then rounds with 1 of 3 accepted (0.7x plain each).
+    plain = 1 / true_cpu_seconds(1)
+    bar = plain * MARGIN
+    learned = Learned()
+    learned.observe_model_round(5, model_round_seconds(4, 0.036, true_cpu_seconds), plain)
+    assert learned.model_rate(plain) > bar  # every token accepted: it may draft
+    learned.observe_model_round(2, model_round_seconds(3, 0.036, true_cpu_seconds), plain)
+    assert learned.model_rate(plain) < bar  # one losing round ends its turn
+
+    # A look that missed two of its four tokens is no reason to draft at all.
+    missed = Learned()
+    missed.observe_model_round(3, model_round_seconds(4, 0.036, true_cpu_seconds), plain)
+    assert missed.model_rate(plain) < bar
+
+
+def test_where_verifying_is_flat_a_model_accepting_a_third_keeps_drafting():
+    plain = 1 / flat_seconds(1)
+    learned = Learned()
+    for _ in range(20):
+        learned.observe_model_round(2, model_round_seconds(3, 0.002, flat_seconds), plain)
+        assert learned.model_rate(plain) > plain * MARGIN
+    # After a few rounds its own rate is what counts, not the prior.
+    own = 2 / model_round_seconds(3, 0.002, flat_seconds)
+    assert learned.model_rate(plain) == pytest.approx(own, rel=0.01)
 
 
 # -- a long draft's risky start first; shadow observations; chat answers --------------------

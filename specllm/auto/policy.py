@@ -314,9 +314,8 @@ class AutoPolicy:
         if source == "model":
             for i in range(verified):
                 self.learned.confidence.observe(draft.confidence[i], i < n_accepted)
-            self.learned.observe_model_round(
-                (n_accepted + 1) / (draft_seconds + target_seconds), self.costs.plain_rate(), busy
-            )
+            self.learned.observe_model_round(n_accepted + 1, draft_seconds + target_seconds,
+                                             self.costs.plain_rate(), busy)
         elif source != "none":
             self._learn_lookup(draft, range(verified), [i < n_accepted for i in range(verified)])
         self.learned.rounds += 1
