@@ -249,3 +249,21 @@ def test_sampled_first_token_has_the_target_distribution(tiny, twin):
     chi2, dof = chi_square(counts, probs)
     assert dof >= 1
     assert chi2 < CHI2_CRITICAL_P001[min(dof, 10)] * (1 if dof <= 10 else dof / 10), (chi2, dof)
+
+
+def test_a_cross_vocab_drafter_reports_the_text_it_caught_up_on_apart_from_its_drafts(tiny, twin):
+    # As for a model of the target's vocabulary (auto mode prices a draft token without it):
+    # after plain rounds the first propose decodes their text, a propose right after only its own.
+    with cross_vocab_engine(tiny, twin, k=4) as engine:
+        drafter = engine.make_policy(Request()).drafter
+        history = engine.tokenize_prompt(PROMPTS[0], Request())
+        drafter.begin(history[:3])
+        unseen = drafter.unseen(history)
+        assert unseen > 0
+        draft = drafter.propose(history, 4, CHOOSE)
+        assert drafter.catch_up.tokens == unseen and drafter.catch_up.seconds > 0
+        assert draft.tokens
+        after = history + draft.tokens
+        assert drafter.unseen(after) <= len(draft.tokens) + 2
+        drafter.propose(after, 4, CHOOSE)
+        assert drafter.catch_up.tokens <= len(draft.tokens) + 2

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import time
 from typing import Sequence
 
 import numpy as np
 
-from .base import NO_DRAFT, Draft, KeepDrafting
+from .base import NO_DRAFT, CatchUp, Draft, KeepDrafting
 from ..llama import Context, Vocab, common_prefix_length
 from ..sampling import DraftChooser, greedy, logits_to_probs, sample, top_probability
 
@@ -172,6 +173,7 @@ class CrossVocabDrafter:
         self.draft_tokens: list[int] = [self.draft_vocab.bos] * self.n_fixed
         self.draft_ends: list[int] = [0] * self.n_fixed
         self.n_stable = self.n_fixed
+        self.catch_up = CatchUp()  # the last propose's (auto mode prices drafting without it)
 
     def begin(self, prompt: Sequence[int]) -> None:
         """Prefill the draft's cache with the prompt's text, all but its last token."""
@@ -214,6 +216,13 @@ class CrossVocabDrafter:
             ends.extend([start] * len(new))
             self.n_stable = keep
 
+    def unseen(self, history: Sequence[int]) -> int:
+        """Draft tokens of the history's text a propose would first have to catch up on (auto
+        mode prices a look with them)."""
+        self._sync(history)
+        tokens = self.draft_tokens
+        return max(len(tokens) - 1 - common_prefix_length(self.context.tokens, tokens[:-1]), 0)
+
     def propose(
         self, history: Sequence[int], k: int, choose: DraftChooser, keep_drafting: KeepDrafting | None = None
     ) -> Draft:
@@ -233,6 +242,7 @@ class CrossVocabDrafter:
         on the way (`specllm drafts` replays all its k at once). With the rejection sampler the
         draws are those of the largest k.
         """
+        self.catch_up = CatchUp()
         lengths = sorted({k for k in lengths if k > 0})
         if not lengths:
             return {}
@@ -295,7 +305,15 @@ class CrossVocabDrafter:
         # Keep the common prefix (the draft's own accepted tokens included), but always decode
         # at least the last token: its logits are where drafting starts.
         ctx.truncate(min(common_prefix_length(ctx.tokens, tokens), len(tokens) - 1))
-        return ctx.decode(tokens[ctx.n_past :])[0]
+        # The text the draft has not seen is decoded, and timed, apart from the last token whose
+        # logits start drafting: after plain or lookup rounds it is a cost of switching to this
+        # drafter, not of drafting, as for ModelDrafter.
+        start = time.perf_counter()
+        missing = tokens[ctx.n_past : -1]
+        if missing:
+            ctx.decode(missing)
+        self.catch_up = CatchUp(len(missing), time.perf_counter() - start)
+        return ctx.decode(tokens[-1:])[0]
 
     def _choose(self, logits: np.ndarray, choose: DraftChooser, want_confidence: bool) -> tuple[int, float]:
         """(draft token, the draft's probability of it).
