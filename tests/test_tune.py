@@ -221,3 +221,12 @@ def test_the_real_drafts_dequantized_forward_matches_llama_cpp(real_draft_path):
     """Qwen2.5-Coder-0.5B Q4_K_M: measured max |diff| 0.69, mean 0.056, spread 2.8 (correctness.py)."""
     check = check_real_forward(real_draft_path)  # raises beyond the tolerance
     assert check.argmax_agreement > 0.95, check
+
+
+def test_the_training_losses_are_measured_on_an_even_sample_of_the_training_set():
+    from specllm.tune.run import TRAIN_LOSS_SAMPLES, loss_sample
+
+    assert loss_sample(list(range(10))) == list(range(10))
+    many = loss_sample(list(range(200)))
+    assert len(many) == TRAIN_LOSS_SAMPLES and many[0] == 0 and many[-1] >= 190
+    assert len(loss_sample(list(range(41)))) <= TRAIN_LOSS_SAMPLES

@@ -23,6 +23,10 @@ from .synthetic import default_path as default_synthetic_path, synthetic_prompts
 from .train import StepReport, TrainSettings
 
 DEFAULT_EVAL_SHARE = 0.2  # without --eval-prompts, the last fifth of the prompts is held out
+# The training set's losses before and after training are measured on an even sample of this
+# many training samples: that tells memorising from learning as well as the whole set does, and
+# the whole set's two passes took 9 of the 70 minutes of a 200-prompt run on the 2-core CPU.
+TRAIN_LOSS_SAMPLES = 40
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,8 @@ def tune(s: TuneSettings, progress: TuneProgress = TuneProgress()) -> TuneReport
     report.logits_check = check_forward(model, s.draft, first.prompt + first.output if per_token else first.tokens,
                                         threads=s.threads).to_dict()
     progress.phase("losses before training")
-    report.losses_before = {"train": mean_losses(model, train_set), "eval": mean_losses(model, eval_set)}
+    train_sample = loss_sample(train_set)
+    report.losses_before = {"train": mean_losses(model, train_sample), "eval": mean_losses(model, eval_set)}
 
     checkpoint = Checkpoint(s.checkpoint_path, checkpoint_identity(s.train, s.draft.name, train_set))
     steps_tokens = []
@@ -183,7 +188,7 @@ def tune(s: TuneSettings, progress: TuneProgress = TuneProgress()) -> TuneReport
     seconds = sum(t for _, t in steps_tokens)
     report.train_tokens_per_second = sum(n for n, _ in steps_tokens) / seconds if seconds else 0.0
     progress.phase("losses after training")
-    report.losses_after = {"train": mean_losses(model, train_set), "eval": mean_losses(model, eval_set)}
+    report.losses_after = {"train": mean_losses(model, train_sample), "eval": mean_losses(model, eval_set)}
 
     lora = {name: (layer.lora_a.detach().cpu().numpy(), layer.lora_b.detach().cpu().numpy())
             for name, layer in model.lora_layers().items()}
@@ -195,6 +200,12 @@ def tune(s: TuneSettings, progress: TuneProgress = TuneProgress()) -> TuneReport
     report.acceptance = measure_acceptance(s, target_eval, lora, per_token)
     report.merged = str(s.merged_path) if s.merge else None
     return report
+
+
+def loss_sample(train_set: list) -> list:
+    """At most TRAIN_LOSS_SAMPLES training samples, evenly spread over the set."""
+    step = -(-len(train_set) // TRAIN_LOSS_SAMPLES)
+    return train_set[::max(step, 1)]
 
 
 def measure_acceptance(s: TuneSettings, eval_set: list[Sample], lora: dict, per_token: bool = True) -> dict[str, dict]:
