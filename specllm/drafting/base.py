@@ -72,6 +72,22 @@ class CatchUp:
     seconds: float = 0.0
 
 
+def unseen_tokens(context: Context, tokens: Sequence[int]) -> int:
+    """Tokens a drafter's cache must decode before drafting after `tokens`: all but the last one,
+    past the prefix the cache already holds (the last is decoded for the first draft's logits)."""
+    return max(len(tokens) - 1 - common_prefix_length(context.tokens, tokens[:-1]), 0)
+
+
+def decode_catch_up(context: Context, missing: Sequence[int]) -> CatchUp:
+    """Decode history tokens a drafter has not seen, timed apart from its drafts: after plain or
+    lookup rounds that is a cost of switching to the drafter, not of drafting, and auto mode
+    prices draft tokens without it."""
+    start = time.perf_counter()
+    if missing:
+        context.decode(list(missing))
+    return CatchUp(len(missing), time.perf_counter() - start)
+
+
 class ModelDrafter:
     """A smaller model of the same vocabulary, on its own llama.cpp context.
 
@@ -97,20 +113,17 @@ class ModelDrafter:
         if len(prompt) < self.context.n_ctx:  # a longer prompt: this drafter sits the generation out
             self._sync(self._readable(prompt[:-1]))
 
-    def _sync(self, tokens: Sequence[int]) -> int:
+    def _sync(self, tokens: Sequence[int]) -> CatchUp:
         ctx = self.context
         ctx.resync()  # an interrupted decode may have left the cache and its mirror apart
         ctx.truncate(common_prefix_length(ctx.tokens, tokens))
-        missing = list(tokens[ctx.n_past :])
-        if missing:
-            ctx.decode(missing)
-        return len(missing)
+        return decode_catch_up(ctx, tokens[ctx.n_past :])
 
     def unseen(self, history: Sequence[int]) -> int:
         """History tokens a propose would first have to catch up on (auto mode prices a look)."""
         if self.n_target_vocab > self.context.n_vocab:
             history = self._readable(history)
-        return max(len(history) - 1 - common_prefix_length(self.context.tokens, history[:-1]), 0)
+        return unseen_tokens(self.context, history)
 
     def propose(
         self, history: Sequence[int], k: int, choose: DraftChooser, keep_drafting: KeepDrafting | None = None
@@ -121,13 +134,9 @@ class ModelDrafter:
             return NO_DRAFT
         if self.n_target_vocab > ctx.n_vocab:
             history = self._readable(history)
-        # Keep all but the last history token (catching up on what this drafter has not seen),
-        # then decode the last one to get the first draft's logits. The catch-up is timed apart:
-        # after plain or lookup rounds it is a cost of switching to the model, not of drafting,
-        # and auto mode prices draft tokens without it.
-        start = time.perf_counter()
-        n_missing = self._sync(history[:-1])
-        self.catch_up = CatchUp(n_missing, time.perf_counter() - start)
+        # Keep all but the last history token (catching up on what this drafter has not seen,
+        # timed apart), then decode the last one to get the first draft's logits.
+        self.catch_up = self._sync(history[:-1])
         logits = ctx.decode([history[-1]])[0]
         draft = Draft(source="model", probs=[] if choose.kind == "rejection" else None, confidence=[])
         for i in range(k):

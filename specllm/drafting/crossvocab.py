@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import time
 from typing import Sequence
 
 import numpy as np
 
-from .base import NO_DRAFT, CatchUp, Draft, KeepDrafting
+from .base import NO_DRAFT, CatchUp, Draft, KeepDrafting, decode_catch_up, unseen_tokens
 from ..llama import Context, Vocab, common_prefix_length
 from ..sampling import DraftChooser, greedy, logits_to_probs, sample, top_probability
 
@@ -220,8 +219,7 @@ class CrossVocabDrafter:
         """Draft tokens of the history's text a propose would first have to catch up on (auto
         mode prices a look with them)."""
         self._sync(history)
-        tokens = self.draft_tokens
-        return max(len(tokens) - 1 - common_prefix_length(self.context.tokens, tokens[:-1]), 0)
+        return unseen_tokens(self.context, self.draft_tokens)
 
     def propose(
         self, history: Sequence[int], k: int, choose: DraftChooser, keep_drafting: KeepDrafting | None = None
@@ -306,13 +304,8 @@ class CrossVocabDrafter:
         # at least the last token: its logits are where drafting starts.
         ctx.truncate(min(common_prefix_length(ctx.tokens, tokens), len(tokens) - 1))
         # The text the draft has not seen is decoded, and timed, apart from the last token whose
-        # logits start drafting: after plain or lookup rounds it is a cost of switching to this
-        # drafter, not of drafting, as for ModelDrafter.
-        start = time.perf_counter()
-        missing = tokens[ctx.n_past : -1]
-        if missing:
-            ctx.decode(missing)
-        self.catch_up = CatchUp(len(missing), time.perf_counter() - start)
+        # logits start drafting, as for ModelDrafter.
+        self.catch_up = decode_catch_up(ctx, tokens[ctx.n_past : -1])
         return ctx.decode(tokens[-1:])[0]
 
     def _choose(self, logits: np.ndarray, choose: DraftChooser, want_confidence: bool) -> tuple[int, float]:
