@@ -200,12 +200,17 @@ def test_tune_draft_end_to_end_raises_acceptance_and_resumes(tiny, tmp_path):
     acc = report["acceptance"]
     assert acc["draft+lora"]["acceptance_rate"] > acc["draft"]["acceptance_rate"]
     assert acc["merged"]["acceptance_rate"] == pytest.approx(acc["draft+lora"]["acceptance_rate"], abs=0.05)
+    misses = acc["draft+lora"]["misses_by_target_confidence"]
+    assert misses["misses"] == acc["draft+lora"]["positions"] - acc["draft+lora"]["matches"]
     assert report["losses_after"]["train"]["kl"] < report["losses_before"]["train"]["kl"]
     assert report["logits_check"]["relative_diff"] < F32_TOLERANCE
     assert (tmp_path / "lora.gguf").exists() and (tmp_path / "lora-merged.gguf").exists()
     # A rerun finds the data and the finished checkpoint: nothing to generate, nothing to train.
     again = json.loads(invoke(*args).stdout)
     assert again["steps"] == 0 and again["acceptance"]["draft+lora"] == acc["draft+lora"]
+    # Without --json the report shows where the misses are, by the target's own probability.
+    shown = invoke(*args[:-1])
+    assert shown.exit_code == 0 and "misses by the target's probability for its token" in shown.stderr
 
 
 def test_a_draft_of_another_vocabulary_is_refused_in_one_line(tiny, tmp_path):

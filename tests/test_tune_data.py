@@ -19,7 +19,7 @@ from specllm.errors import TuneError
 from specllm.drafting.compat import VocabSummary, check_vocabularies
 from specllm.drafting.replay import RecordedOutput
 from specllm.drafting.selection import SelectionSettings, measure_rounds
-from specllm.tune.agreement import Agreement, measure
+from specllm.tune.agreement import Agreement, measure, target_probabilities
 from specllm.tune.data import DataSettings, generate_data, plan, read_samples, top_logprobs
 from specllm.tune.export import write_adapter
 from specllm.tune.synthetic import clean, distinct, synthetic_prompts
@@ -248,12 +248,32 @@ def test_agreement_plays_the_rounds_of_replay_with_the_loops_stopping_rules():
     assert (c.stats.rounds, c.stats.drafted, c.stats.accepted, c.stats.generated) == (1, 3, 3, 2)
 
 
+def test_misses_are_counted_by_the_targets_probability_for_its_own_token():
+    y = [10, 11, 12, 13, 14]
+    a = Agreement(k=2)
+    # the target's probability of each token: sure, sure, a near tie, unsure, barely sure
+    a.add(RecordedOutput([1], y, None, len(y)), [10, 11, 99, 98, 97], target_probabilities=[1.0, 0.995, 0.45, 0.6, 0.8])
+    m = a.to_dict()["misses_by_target_confidence"]
+    assert [(b["from"], b["to"], b["positions"], b["misses"]) for b in m["bins"]] == [
+        (0.0, 0.5, 1, 1), (0.5, 0.7, 1, 1), (0.7, 0.9, 1, 1), (0.9, 0.99, 0, 0), (0.99, 1.0, 2, 0)]
+    assert (m["misses"], m["unsure_misses"], m["unsure_below"]) == (3, 2, 0.7)
+    # One output without the target's probabilities: no breakdown rather than one of some outputs.
+    a.add(RecordedOutput([1], y, None, len(y)), y)
+    assert a.to_dict()["misses_by_target_confidence"] is None
+
+
 def test_the_targets_own_weights_agree_everywhere(tiny, engine, tmp_path):
     s = settings_for(tiny, temp=0.0)
     samples = generate_data(engine, tmp_path / "d.jsonl", s, plan(TEXTS, 2, s))
     assert measure(tiny.draft_copy, samples, k=4, threads=1).match_rate == 1.0
     other = measure(tiny.draft_other, samples, k=4, threads=1)
     assert 0.2 < other.match_rate < 1.0
+    # The data's log-probabilities give the target's probability for each of its greedy tokens,
+    # and every position falls in one bin of the breakdown.
+    assert all(len(target_probabilities(x)) == len(x.output) for x in samples)
+    m = other.to_dict()["misses_by_target_confidence"]
+    assert sum(b["positions"] for b in m["bins"]) == other.positions
+    assert m["misses"] == other.positions - other.matches
 
 
 def test_tune_acceptance_counts_the_rounds_specllm_drafts_counts(tiny, engine, tmp_path):

@@ -209,3 +209,28 @@ def _print_report(report) -> None:
         table.add_row(name, str(a["k"]), "-" if a["match_rate"] is None else f"{a['match_rate']:.1%}", f"{a['acceptance_rate']:.1%}",
                       f"{a['tokens_per_round']:.2f}", " ".join(f"{x:.0%}" for x in a["per_position_acceptance"]))
     stderr.print(table)
+    _print_misses_by_confidence(report.acceptance)
+
+
+def _print_misses_by_confidence(acceptance: dict) -> None:
+    """Where each draft misses, by the target's probability for its own token, and whether the
+    misses left are near ties of the target (tune/agreement.py, UNSURE_BELOW)."""
+    breakdowns = {name: a["misses_by_target_confidence"] for name, a in acceptance.items()
+                  if a.get("misses_by_target_confidence")}
+    if not breakdowns:
+        return
+    first = next(iter(breakdowns.values()))
+    table = Table(title="held-out misses by the target's probability for its token")
+    table.add_column("draft")
+    for b in first["bins"]:
+        table.add_column(f"{b['from']:.2f}-{b['to']:.2f}", justify="right")
+    table.add_row("positions", *(str(b["positions"]) for b in first["bins"]))
+    for name, m in breakdowns.items():
+        table.add_row(name, *(f"{b['misses']} ({b['misses'] / b['positions']:.0%})" if b["positions"] else "-"
+                                         for b in m["bins"]))
+    stderr.print(table)
+    name, last = list(breakdowns.items())[-1]
+    if last["misses"] and last["unsure_misses"] * 2 > last["misses"]:
+        stderr.print(f"{last['unsure_misses']} of {name}'s {last['misses']} misses are where the target gave its own token "
+                     f"under {last['unsure_below']:.0%}: the target's own close calls, which tuning rarely teaches a draft "
+                     f"to make (a draft that already matches the rest is near what tuning can give).")
