@@ -154,14 +154,39 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
+# Drafters that run a model: the ones a low acceptance indicts. Lookups (ngram, suffix, memory)
+# cost next to nothing to propose, and auto mode prices their bets itself.
+MODEL_SOURCES = ("model", "xvocab")
+
+
+def drafted_by(stats: SpecStats, sources: tuple[str, ...]) -> tuple[int, int]:
+    """Tokens drafted and accepted by the given drafters over the run."""
+    drafted = accepted = 0
+    for (source, n_drafted, n_accepted, _), count in stats.round_shapes.items():
+        if source in sources:
+            drafted += count * n_drafted
+            accepted += count * n_accepted
+    return drafted, accepted
+
+
 def acceptance_warning(stats: SpecStats) -> str | None:
-    if stats.drafted >= MIN_DRAFTED_FOR_WARNING and stats.acceptance_rate < LOW_ACCEPTANCE:
-        remedies = "a draft of the same family, a smaller -k" + ("" if stats.mode == "auto" else ", or --mode auto")
-        return (
-            f"acceptance {stats.acceptance_rate:.0%} is below {LOW_ACCEPTANCE:.0%}: the draft diverges from the "
-            f"target, so speculation wastes work (try {remedies})"
-        )
-    return None
+    """A warning when drafting mostly failed, naming the drafter to blame and what to try instead.
+
+    In auto mode only the draft model is judged: a low acceptance of lookups there is the policy's
+    own priced bets, which stop when they do not pay."""
+    if stats.mode == "auto":
+        drafted, accepted = drafted_by(stats, MODEL_SOURCES)
+        if drafted < MIN_DRAFTED_FOR_WARNING or accepted / drafted >= LOW_ACCEPTANCE:
+            return None
+        return (f"the draft model's tokens were accepted {accepted / drafted:.0%} of the time ({accepted}/{drafted}): "
+                f"it diverges from the target, so its rounds waste work (`specllm drafts` finds a better draft)")
+    if stats.drafted < MIN_DRAFTED_FOR_WARNING or stats.acceptance_rate >= LOW_ACCEPTANCE:
+        return None
+    if stats.mode == "ngram":
+        return (f"acceptance {stats.acceptance_rate:.0%} is below {LOW_ACCEPTANCE:.0%}: lookups rarely match this "
+                f"text, so speculation wastes work (try --mode auto, which drafts only where it pays)")
+    return (f"acceptance {stats.acceptance_rate:.0%} is below {LOW_ACCEPTANCE:.0%}: the draft diverges from the "
+            f"target, so speculation wastes work (try a draft of the same family, a smaller -k, or --mode auto)")
 
 
 def _fmt_rate(value: float) -> str:
@@ -181,7 +206,7 @@ def stats_table(stats: SpecStats, *, title: str | None = None) -> Table:
                   f" (prompt {stats.prompt_tokens} tok, {stats.prompt_tokens_per_second:.0f} tok/s)")
     if stats.drafted or stats.mode != "none":
         acc = Text(f"{_fmt_rate(stats.acceptance_rate)}  ({stats.accepted}/{stats.drafted} drafted tokens)")
-        if stats.drafted >= MIN_DRAFTED_FOR_WARNING and stats.acceptance_rate < LOW_ACCEPTANCE:
+        if acceptance_warning(stats):
             acc.stylize("yellow")
         table.add_row("acceptance", acc)
         table.add_row("tokens/round", f"{stats.mean_accepted_length:.2f} (mean accepted length incl. target token),"

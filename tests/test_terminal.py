@@ -22,7 +22,7 @@ import pytest
 from rich.console import Console
 
 from helpers import read_pty_until_exit
-from specllm.render import PARTIAL_ROWS_SHOWN, LivePanel, SharedScreen
+from specllm.render import PARTIAL_ROWS_SHOWN, LivePanel, SharedScreen, acceptance_warning
 from specllm.stats import SpecStats
 
 pyte = pytest.importorskip("pyte", reason="the terminal tests need pyte (pip install 'specllm[test]')")
@@ -141,3 +141,25 @@ def test_the_panel_shows_the_end_of_a_long_unfinished_line():
     assert short[0] == "def add(" and len(short) == len(without) + 1
     assert long[0].startswith("…") and long[-len(without):] == without
     assert len(long) - len(without) <= PARTIAL_ROWS_SHOWN
+
+
+def _stats(mode: str, *rounds: tuple[str, int, int, int]) -> SpecStats:
+    stats = SpecStats(mode=mode, k=8)
+    for shape in rounds:
+        stats.record_round(*shape)
+    return stats
+
+
+def test_the_low_acceptance_warning_blames_the_drafter_that_drafted():
+    # Auto mode: weak lookups are its own priced bets (no warning); a weak draft model is named.
+    lookups_only = _stats("auto", *[("suffix", 8, 1, 2)] * 4)
+    assert acceptance_warning(lookups_only) is None
+    weak_model = _stats("auto", *[("suffix", 8, 8, 9)] * 4, *[("model", 4, 1, 2)] * 5)
+    warning = acceptance_warning(weak_model)
+    assert "draft model" in warning and "5/20" in warning and "--mode auto" not in warning
+    good_model = _stats("auto", *[("suffix", 8, 0, 1)] * 4, *[("model", 4, 3, 4)] * 5)
+    assert acceptance_warning(good_model) is None
+    # Lookup mode: the lookups are to blame, and auto mode is the remedy; draft mode: the model.
+    assert "lookups rarely match" in acceptance_warning(_stats("ngram", *[("ngram", 8, 1, 2)] * 4))
+    assert "draft diverges" in acceptance_warning(_stats("draft", *[("model", 8, 1, 2)] * 4))
+    assert acceptance_warning(_stats("draft", *[("model", 8, 7, 8)] * 4)) is None
