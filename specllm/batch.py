@@ -10,8 +10,9 @@ read only its own rows), up to llama.cpp's rounding at near-ties.
 
 The shape is llama-server's (tools/server/server-context.cpp): slots, a new request on the
 free slot whose cache shares the longest prefix with its prompt, one batch built from every
-slot's tokens and drafts, per-slot `seq_id` rollback. `generate --jsonl --parallel N` and
-`serve --parallel N` both run through it.
+slot's tokens and drafts, per-slot `seq_id` rollback. Beyond llama-server, a prompt takes the
+beginning it shares with another slot's cache from that slot's cells (shared_prefix.py).
+`generate --jsonl --parallel N` and `serve --parallel N` both run through it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,13 @@ class Active:
     slot: int
     generation: Generation
     tag: Hashable
-    cached_tokens: int  # prompt tokens the slot's cache already held when it started
+    cached_at_start: int  # prompt tokens the slot's cache already held when it started
+
+    @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens not decoded for it: those its slot held, and those it took from
+        another slot's cells (shared_prefix.py)."""
+        return self.cached_at_start + self.generation.shared_prompt_tokens
 
     @property
     def finished(self) -> bool:

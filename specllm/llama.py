@@ -270,6 +270,11 @@ class Model:
         return int(C.llama_model_n_layer(self._ptr))
 
     @property
+    def n_swa(self) -> int:
+        """The sliding-window size of its attention (0: every layer attends to the whole context)."""
+        return int(C.llama_model_n_swa(self._ptr))
+
+    @property
     def has_partial_kv_removal(self) -> bool:
         """Recurrent and hybrid models keep a state that cannot be cut back to an earlier position."""
         return not (C.llama_model_is_recurrent(self._ptr) or C.llama_model_is_hybrid(self._ptr))
@@ -394,6 +399,11 @@ class Context:
         self.n_batch: int = C.llama_n_batch(ptr)
         self.n_vocab: int = model.vocab.n_tokens
         self.sequences: list[KVSequence] = [KVSequence(self, seq_id) for seq_id in range(n_seq)]
+        # Sequences share the cells of a common prefix (KVSequence.share_from) only in the unified
+        # cache (across separate streams llama.cpp copies whole streams) and without a sliding
+        # window (a donor past the window has dropped cells that the prefix's next positions
+        # still attend to).
+        self.shares_cells: bool = bool(params.kv_unified) and model.n_swa == 0
         self._batch = _Batch(self.n_batch)
         # Drafters on several threads (drafting/lockstep.py) call into this context: one C call
         # at a time (ctypes releases the GIL, and llama.cpp's cache is not thread-safe).
@@ -604,6 +614,21 @@ class KVSequence:
                 hint="speculative decoding needs a transformer KV cache; use --mode none",
             )
         del self.tokens[n_keep:]
+
+    def share_from(self, donor: "KVSequence", n: int) -> None:
+        """Hold the donor's tokens up to position n without decoding them: llama.cpp tags the
+        donor's cells of positions n_past..n-1 with this sequence too (llama_memory_seq_cp in
+        the unified cache: no copy, the cells are shared until either sequence drops them).
+        This sequence must hold the donor's first n_past tokens."""
+        if not self.context.shares_cells or donor.context is not self.context:
+            raise ValueError("these sequences cannot share cells")
+        if donor.tokens[: self.n_past] != self.tokens or n > len(donor.tokens):
+            raise ValueError("the donor does not hold this sequence's tokens and the ones to share")
+        if n <= self.n_past:
+            return
+        with self.context.lock:
+            C.llama_memory_seq_cp(self.context._memory, donor.seq_id, self.seq_id, self.n_past, n)
+        self.tokens.extend(donor.tokens[self.n_past : n])
 
     def clear(self) -> None:
         with self.context.lock:

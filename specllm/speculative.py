@@ -32,6 +32,7 @@ from .drafting.base import NO_DRAFT, Draft, Drafter
 from .drafting.lockstep import Lockstep
 from .errors import ContextFullError, DecodeError, PromptTooLongError
 from .llama import Context, KVSequence, Rows, common_prefix_length
+from .shared_prefix import take_shared_prefix, waits_for_shared_prefix
 from .sampling import DraftChooser, Sampler
 from .stats import SpecStats
 
@@ -128,6 +129,7 @@ class Generation:
         self.end_token: int | None = None  # the end-of-generation token that stopped it, if one did
         self.stats = SpecStats(mode=policy.mode, k=policy.k, prompt_tokens=len(prompt))
         self.begun = False  # the policy has seen the prompt (after the target's prefill)
+        self.shared_prompt_tokens = 0  # prompt tokens taken from another sequence's cells, not decoded
         self._ended = False
         self._decode_start: float | None = None
 
@@ -174,6 +176,8 @@ class Generation:
             target.resync()  # an interrupt between a decode and its bookkeeping
             target.owner = self
             target.truncate(common_prefix_length(target.tokens, self.history[:-1]))
+        if target.n_past < len(self.history) - 1:
+            self.shared_prompt_tokens += take_shared_prefix(target, self.history[:-1])
         return self.history[target.n_past : -1]
 
     def begin(self, prefill_seconds: float = 0.0) -> None:
@@ -343,7 +347,9 @@ def _prefill_rows(joining: list[tuple[Generation, list[int]]], n_batch: int,
     its prompt)."""
     budget = min(PREFILL_CHUNK, n_batch - n_generating) if n_generating else n_batch
     chunks = []
-    for g, missing in joining:
+    for i, (g, missing) in enumerate(joining):
+        if i and waits_for_shared_prefix(g.target, g.history[:-1], [h.history[:-1] for h, _ in joining[:i]]):
+            continue  # it takes those tokens from the one ahead once they are cached
         chunk = missing[:budget]
         if not chunk:
             break

@@ -248,6 +248,86 @@ def test_the_slot_sharing_the_longest_prefix_is_picked(tiny):
         assert again.cached_tokens >= len(engine.tokenize_prompt(PROMPTS[1], request)) - 1
 
 
+# -- prompts that begin alike: their common beginning decoded once (shared_prefix.py) ----------
+
+SHARED_BEGINNING = " ".join(PROMPTS) * 2
+
+
+def prefill_rows(engine: Engine, jobs: list[tuple[str, Request]], rounds_before_each: int = 0) -> tuple[dict, int]:
+    """Each job's Active from empty caches, job i started after `rounds_before_each * i` rounds,
+    and the rows decoded in all."""
+    for sequence in engine.target.sequences:
+        sequence.clear()
+    rows = []
+    scheduler = Scheduler(engine, on_round=lambda n, seconds: rows.append(n))
+    started, n_round = {}, 0
+    while len(started) < len(jobs) or scheduler.active:
+        for i, (prompt, request) in enumerate(jobs):
+            if i not in started and n_round >= rounds_before_each * i and scheduler.n_free:
+                started[i] = scheduler.start(engine.tokenize_prompt(prompt, request), request, tag=i)
+        scheduler.round()
+        n_round += 1
+    scheduler.close()
+    return started, sum(rows)
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["started-together", "started-after-the-other-began"])
+def test_prompts_that_begin_alike_decode_their_beginning_once_and_write_what_they_write_alone(tiny, late):
+    prompts = [SHARED_BEGINNING + " the cat", SHARED_BEGINNING + " she said", SHARED_BEGINNING + " the cat"]
+    requests = [Request(max_tokens=N_TOKENS), SAMPLED, Request(max_tokens=N_TOKENS, params=SamplingParams(temperature=1.0),
+                                                                seed=7)]
+    jobs = list(zip(prompts, requests))
+    with Engine(config_for(tiny, parallel=3, ctx_size=512)) as engine:
+        solo = [alone(engine, p, r) for p, r in jobs]
+        n_beginning = len(engine.tokenize_prompt(SHARED_BEGINNING, Request()))
+        n_prompt = [len(engine.tokenize_prompt(p, Request())) for p in prompts]
+        gap = 3 if late else 0
+        shared, rows_shared = prefill_rows(engine, jobs, gap)
+        engine.target.shares_cells = False  # as a cache with a sliding window
+        unshared, rows_unshared = prefill_rows(engine, jobs, gap)
+    for i in range(3):
+        assert shared[i].generation.tokens == solo[i] == unshared[i].generation.tokens, i
+    # The two later prompts took at least the shared beginning from the first one's cells.
+    taken = [shared[i].generation.shared_prompt_tokens for i in range(3)]
+    assert taken[0] == 0 and min(taken[1:]) >= n_beginning - 2
+    assert shared[2].cached_tokens == n_prompt[2] - 1  # the same prompt as the first: all of it
+    assert rows_unshared - rows_shared == sum(taken) and rows_shared < rows_unshared - sum(n_prompt) // 2
+    assert all(a.generation.shared_prompt_tokens == 0 for a in unshared.values())
+
+
+def test_a_prompt_keeps_the_cells_it_took_when_their_donor_moves_on(tiny):
+    """The donor finishes and its slot takes another prompt (its cells of the shared part are
+    dropped for it): the sequence that took them still has them."""
+    request = Request(max_tokens=N_TOKENS)
+    first, second = SHARED_BEGINNING + " the cat", SHARED_BEGINNING + " one word"
+    with Engine(config_for(tiny, parallel=2, ctx_size=512)) as engine:
+        solo = alone(engine, second, request)
+        engine.target.sequences[0].clear()
+        scheduler = Scheduler(engine)
+        donor = scheduler.start(engine.tokenize_prompt(first, Request(max_tokens=4)), Request(max_tokens=4), tag=0)
+        while not donor.generation.begun:
+            scheduler.round()
+        taker = scheduler.start(engine.tokenize_prompt(second, request), request, tag=1)
+        while not donor.finished:
+            scheduler.round()
+        scheduler.start(engine.tokenize_prompt(PROMPTS[3], request), request, tag=2)  # into the donor's slot
+        while scheduler.active:
+            scheduler.round()
+    assert taker.generation.shared_prompt_tokens > 0 and taker.slot != donor.slot
+    assert taker.generation.tokens == solo
+
+
+def test_a_cache_with_a_sliding_window_does_not_share_cells(tiny, tmp_path):
+    from tiny_models import gemma3_variant
+
+    with Model(gemma3_variant(tiny.draft_other, tmp_path / "g.gguf")) as model:
+        assert model.n_swa > 0
+        with Context(model, n_ctx=64, n_seq=2, n_threads=1) as context:
+            assert not context.shares_cells
+    with Model(tiny.target) as model, Context(model, n_ctx=64, n_seq=2, n_threads=1) as context:
+        assert context.shares_cells
+
+
 # -- auto across a batch: drafts priced at the batch's marginal cost --------------------------
 
 # T(n) in ms on scripted costs: flat while the batch is small, then linear (a CPU past its knee).

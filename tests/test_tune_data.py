@@ -146,7 +146,8 @@ def test_samples_finished_out_of_order_resume_by_key(tmp_path):
 
         with pytest.raises(KeyboardInterrupt):
             generate_data(engine, path, s, jobs, on_sample=interrupt_after_three)
-        assert [x.key for x in read_samples(path, s)] == written == order[:3]
+        # (Which three finish first depends on what the slots cached before: prompts share cells.)
+        assert [x.key for x in read_samples(path, s)] == written and len(written) == 3
         made = []
         complete = generate_data(engine, path, s, jobs, on_sample=lambda x: made.append(x.key))
     assert sorted(made + written) == sorted(keys) and not set(made) & set(written)

@@ -250,7 +250,6 @@ async def answer(state: ServerState, http: HttpRequest, body: schemas.Body, requ
             return Response(status_code=CLIENT_CLOSED)
         if kind == "error":
             raise _engine_error(value)
-        reply.cached_tokens = value
         if body.stream:
             watcher.cancel()  # from here on sse-starlette watches the connection
             handed_over = True
@@ -301,14 +300,14 @@ class Reply:
         self.id = schemas.new_id("chatcmpl" if chat else "cmpl")
         self.created = schemas.now()
         self.model = state.model_name
-        self.cached_tokens = 0
 
     def _object(self, kind: str, choice: dict, **extra: object) -> dict:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
                 "system_fingerprint": None, "choices": [choice] if choice else [], **extra}
 
     def _usage(self, outcome: Outcome) -> dict:
-        return schemas.usage(outcome.prompt_tokens, outcome.completion_tokens, self.cached_tokens)
+        # At the end: a prompt may take cells another slot decoded after it started (shared_prefix.py).
+        return schemas.usage(outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens)
 
     def whole(self, text: str, outcome: Outcome) -> dict:
         if self.chat:

@@ -160,7 +160,9 @@ def synthetic_prompts(engine: Engine, path: Path, examples: Sequence[str], count
                 continue
             heads = {}
             items = []
-            for j in todo:
+            # The attempts of one example run side by side: their prompt is the same, so it is
+            # decoded once for all of them (shared_prefix.py) instead of once per attempt.
+            for j in sorted(todo, key=lambda j: (j % len(examples), j)):
                 heads[j], text, request = _attempt(j, examples, settings, chat_template)
                 items.append((j, text, request))
             with closing(run_batched(engine, items)) as finished:
