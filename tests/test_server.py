@@ -408,6 +408,26 @@ def test_a_chat_turn_reuses_the_previous_turn_from_the_kv_cache(live):
     assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens
 
 
+def test_clients_with_one_system_prompt_decode_it_once_and_get_their_answers_alone(live):
+    system = {"role": "system", "content": " ".join(PROMPTS) * 4}
+    questions = PROMPTS[:4]
+
+    def ask(question: str):
+        return live.client.chat.completions.create(
+            model="tiny", messages=[system, {"role": "user", "content": question}], max_tokens=8, temperature=0)
+
+    live.wait_idle()
+    with ThreadPoolExecutor(len(questions)) as pool:
+        together = list(pool.map(ask, questions))
+    alone = [ask(q) for q in questions]
+    assert [r.choices[0].message.content for r in together] == [r.choices[0].message.content for r in alone]
+    # Whether they ran side by side (slots) or in turn (one slot), every request but one took
+    # the system prompt from a cache: the shared cells of another slot, or its own slot's.
+    n_system = 0.9 * min(r.usage.prompt_tokens for r in together)  # the system prompt is over 90% of each
+    cached = sorted(r.usage.prompt_tokens_details.cached_tokens for r in together)
+    assert all(c >= n_system for c in cached[1:]), (cached, [r.usage.prompt_tokens for r in together])
+
+
 def test_no_traceback_in_the_server_log(live):
     assert not [r for r in live.logs.records if r.exc_info], [r.getMessage() for r in live.logs.records]
 
