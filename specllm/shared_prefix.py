@@ -22,6 +22,12 @@ from typing import Optional, Sequence
 from .llama import KVSequence, common_prefix_length
 
 
+def _shares_more(held: Sequence[int], tokens: Sequence[int], n_own: int, own: list[int]) -> bool:
+    """Does `held` share more than the first n_own tokens of `tokens` (those are `own`)? The
+    cheap tests first, slices comparing in C: the next token, then the part before it."""
+    return len(held) > n_own and held[n_own] == tokens[n_own] and held[:n_own] == own
+
+
 def longest_holder(sequence: KVSequence, tokens: Sequence[int]) -> tuple[Optional[KVSequence], int]:
     """The other sequence of its context that holds the longest prefix of `tokens` beyond the
     sequence's own (which must be a prefix of `tokens`), and that prefix's length."""
@@ -31,11 +37,9 @@ def longest_holder(sequence: KVSequence, tokens: Sequence[int]) -> tuple[Optiona
         return best, longest
     own = list(tokens[:n_own])
     for other in sequence.context.sequences:
-        held = other.tokens
-        # Cheap tests first (slices compare in C): the next token, then the sequence's own part.
-        if other is sequence or len(held) <= n_own or held[n_own] != tokens[n_own] or held[:n_own] != own:
+        if other is sequence or not _shares_more(other.tokens, tokens, n_own, own):
             continue
-        n = n_own + common_prefix_length(held[n_own:], tokens[n_own:])
+        n = n_own + common_prefix_length(other.tokens[n_own:], tokens[n_own:])
         if n > longest:
             best, longest = other, n
     return best, longest
@@ -59,11 +63,8 @@ def waits_for_shared_prefix(sequence: KVSequence, tokens: Sequence[int],
     """Should a joining prompt (its sequence holding a prefix of `tokens`) wait this round,
     because a prompt ahead of it in the queue (their histories in `ahead`) is still to decode
     tokens it would then share?"""
-    if not sequence.context.shares_cells:
-        return False
     n_own = sequence.n_past
-    if len(tokens) <= n_own:
+    if not sequence.context.shares_cells or len(tokens) <= n_own:
         return False
-    own, next_token = list(tokens[:n_own]), tokens[n_own]
-    # They share more than its own part: the same next token after the same n_own tokens.
-    return any(len(h) > n_own and h[n_own] == next_token and h[:n_own] == own for h in ahead)
+    own = list(tokens[:n_own])
+    return any(_shares_more(h, tokens, n_own, own) for h in ahead)

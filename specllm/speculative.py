@@ -347,8 +347,9 @@ def _prefill_rows(joining: list[tuple[Generation, list[int]]], n_batch: int,
     its prompt)."""
     budget = min(PREFILL_CHUNK, n_batch - n_generating) if n_generating else n_batch
     chunks = []
+    cached_next = [g.history[:-1] for g, _ in joining]  # what each one's cache is to hold
     for i, (g, missing) in enumerate(joining):
-        if i and waits_for_shared_prefix(g.target, g.history[:-1], [h.history[:-1] for h, _ in joining[:i]]):
+        if i and waits_for_shared_prefix(g.target, cached_next[i], cached_next[:i]):
             continue  # it takes those tokens from the one ahead once they are cached
         chunk = missing[:budget]
         if not chunk:
