@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .console import silence_stdout, stderr
+from .drafting.crossvocab import SOURCE as CROSS_VOCAB_SOURCE
 from .stats import SpecStats
 
 LOW_ACCEPTANCE = 0.5
@@ -156,17 +157,7 @@ def _is_terminal(stream: TextIO) -> bool:
 
 # Drafters that run a model: the ones a low acceptance indicts. Lookups (ngram, suffix, memory)
 # cost next to nothing to propose, and auto mode prices their bets itself.
-MODEL_SOURCES = ("model", "xvocab")
-
-
-def drafted_by(stats: SpecStats, sources: tuple[str, ...]) -> tuple[int, int]:
-    """Tokens drafted and accepted by the given drafters over the run."""
-    drafted = accepted = 0
-    for (source, n_drafted, n_accepted, _), count in stats.round_shapes.items():
-        if source in sources:
-            drafted += count * n_drafted
-            accepted += count * n_accepted
-    return drafted, accepted
+MODEL_SOURCES = ("model", CROSS_VOCAB_SOURCE)
 
 
 def acceptance_warning(stats: SpecStats) -> str | None:
@@ -175,7 +166,7 @@ def acceptance_warning(stats: SpecStats) -> str | None:
     In auto mode only the draft model is judged: a low acceptance of lookups there is the policy's
     own priced bets, which stop when they do not pay."""
     if stats.mode == "auto":
-        drafted, accepted = drafted_by(stats, MODEL_SOURCES)
+        drafted, accepted = stats.drafted_by(MODEL_SOURCES)
         if drafted < MIN_DRAFTED_FOR_WARNING or accepted / drafted >= LOW_ACCEPTANCE:
             return None
         return (f"the draft model's tokens were accepted {accepted / drafted:.0%} of the time ({accepted}/{drafted}): "

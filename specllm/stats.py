@@ -67,6 +67,15 @@ class SpecStats:
         self.target_seconds += other.target_seconds
         self.draft_seconds += other.draft_seconds
 
+    def drafted_by(self, sources: tuple[str, ...]) -> tuple[int, int]:
+        """Tokens drafted and accepted in the rounds of the given drafters."""
+        drafted = accepted = 0
+        for (source, n_drafted, n_accepted, _), count in self.round_shapes.items():
+            if source in sources:
+                drafted += count * n_drafted
+                accepted += count * n_accepted
+        return drafted, accepted
+
     @property
     def acceptance_rate(self) -> float:
         return self.accepted / self.drafted if self.drafted else 0.0
