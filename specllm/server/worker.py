@@ -3,7 +3,9 @@
 Each request is a Job. It waits in a bounded queue until a slot is free, then generates in
 that slot, every slot's rows in one shared decode per round. Each job reports to the event
 loop that submitted it through an asyncio queue of messages: ("start", cached_prompt_tokens),
-then ("text", str)..., then ("done", Outcome) or ("error", SpecllmError). A job whose client
+then ("text", str)..., then ("done", Outcome) or ("error", SpecllmError). The Outcome's
+cached_tokens is the count `usage` reports: it adds the prompt tokens taken from another slot's
+cells after the start (shared_prefix.py). A job whose client
 went away is withdrawn: dropped from the queue, or, when generating, dropped from its slot
 before the next round (so its slot is free within one round).
 """
