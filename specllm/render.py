@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .console import silence_stdout, stderr
+from .drafting.base import MODEL_SOURCE, NO_SOURCE
 from .drafting.crossvocab import SOURCE as CROSS_VOCAB_SOURCE
 from .stats import SpecStats
 
@@ -157,7 +158,7 @@ def _is_terminal(stream: TextIO) -> bool:
 
 # Drafters that run a model: the ones a low acceptance indicts. Lookups (ngram, suffix, memory)
 # cost next to nothing to propose, and auto mode prices their bets itself.
-MODEL_SOURCES = ("model", CROSS_VOCAB_SOURCE)
+MODEL_SOURCES = (MODEL_SOURCE, CROSS_VOCAB_SOURCE)
 
 
 def acceptance_warning(stats: SpecStats) -> str | None:
@@ -204,7 +205,7 @@ def stats_table(stats: SpecStats, *, title: str | None = None) -> Table:
                       f" {stats.mean_draft_length:.2f} drafted")
         per_pos = " ".join(_fmt_rate(r) for r in stats.per_position_acceptance[:12]) or "-"
         table.add_row("per position", per_pos)
-        if len(stats.rounds_by_source) > 1 or "none" not in stats.rounds_by_source:
+        if len(stats.rounds_by_source) > 1 or NO_SOURCE not in stats.rounds_by_source:
             shares = ", ".join(f"{src} {n / max(stats.rounds, 1):.0%}" for src, n in sorted(stats.rounds_by_source.items()))
             table.add_row("rounds by drafter", shares)
     table.add_row("time", f"target {stats.target_seconds * 1e3:.0f} ms, draft {stats.draft_seconds * 1e3:.0f} ms, "

@@ -104,8 +104,12 @@ def test_each_round_is_priced_by_what_it_drafted():
     assert predicted_seconds(stats_of([(2, 2)]), model, "d.gguf") == pytest.approx(0.021)
     # A round that drafted nothing: T(1) + o. A draft of 1: T(2) + o + 1 decode.
     assert predicted_seconds(stats_of([(0, 0), (1, 0)]), model, "d.gguf") == pytest.approx(0.011 + 0.015)
-    # n-gram drafts cost nothing to make: T(3) + o.
-    assert predicted_seconds(stats_of([(2, 2)], source="ngram"), model, None) == pytest.approx(0.015)
+    # Lookups (n-gram, and auto's suffix and memory) cost nothing to make: T(3) + o, whatever
+    # drafting time the run measured.
+    for lookup in ("ngram", "suffix", "memory"):
+        run = stats_of([(2, 2)], source=lookup)
+        run.draft_seconds = 0.004  # the lookup's own time, which the model does not price
+        assert predicted_seconds(run, model, None) == pytest.approx(0.015)
 
 
 def test_predicted_speedup_is_tokens_at_the_predicted_cost_against_plain_decoding():

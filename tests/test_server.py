@@ -28,7 +28,9 @@ from specllm.cli import app  # noqa: E402
 from specllm.commands.serve import bind_socket  # noqa: E402
 from specllm.engine import Engine, EngineConfig, Request  # noqa: E402
 from specllm.server.app import Server, ServerState, create_app  # noqa: E402
+from specllm.server.metrics import Metrics  # noqa: E402
 from specllm.server.text import ResponseText  # noqa: E402
+from specllm.stats import SpecStats  # noqa: E402
 
 PROMPT = "the cat said that it was for you and the"
 PROMPTS = [PROMPT, "def add(a, b): return", "import os from", "she said there was", "class Foo: def",
@@ -390,6 +392,31 @@ def test_metrics_add_up_to_the_responses(live):
     assert delta("specllm_accepted_tokens_total") == sum(r.speculative["accepted"] for r in responses)
     assert delta('specllm_requests_total{endpoint="/v1/chat/completions",status="200"}') == 3
     assert delta("specllm_decode_seconds_total") > 0
+
+
+def test_metrics_split_a_mixed_generation_exactly_by_source():
+    # Auto mode mixes drafters within one generation: each round counts under its own source,
+    # whichever rounds came between two looks at the stats.
+    stats = SpecStats(mode="auto")
+    for shape in (("suffix", 8, 8, 9), ("none", 0, 0, 1), ("model", 3, 1, 2), ("suffix", 4, 0, 1),
+                  ("memory", 2, 2, 3)):
+        stats.record_round(*shape)
+    metrics = Metrics()
+    metrics.count_generation("stop", prompt_tokens=5, completion_tokens=stats.generated, stats=stats, slot=0)
+    text = metrics.render()
+
+    def value(name: str) -> float:
+        return float(re.search(rf"^{re.escape(name)} (\S+)$", text, re.M).group(1))
+
+    assert value('specllm_drafted_tokens_total{source="suffix"}') == 12
+    assert value('specllm_accepted_tokens_total{source="suffix"}') == 8
+    assert value('specllm_rounds_total{source="suffix"}') == 2
+    assert value('specllm_drafted_tokens_total{source="model"}') == 3
+    assert value('specllm_accepted_tokens_total{source="model"}') == 1
+    assert value('specllm_accepted_tokens_total{source="memory"}') == 2
+    assert value('specllm_slot_drafted_tokens_total{slot="0",source="memory"}') == 2
+    assert value('specllm_rounds_total{source="none"}') == 1
+    assert value("specllm_generated_tokens_total") == stats.generated
 
 
 def test_a_repeated_chat_prefix_comes_from_the_kv_cache(live):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from ..drafting.base import MEMORY_SOURCE
 from .acceptance import MEMORY_MATCH_WEIGHT, ConfidenceAcceptance, LookupAcceptance
 
 # A draft must promise this much more tokens/s than a plain step: measured rates are noisy,
@@ -67,7 +68,7 @@ class Learned:
         copy from their prompt less than raw completions do (see CHAT_MATCH_PRIOR)."""
         key = f"{source}/chat" if chat else source
         if key not in self.lookup:
-            self.lookup[key] = LookupAcceptance(MEMORY_MATCH_WEIGHT if source == "memory" else 1.0, chat=chat)
+            self.lookup[key] = LookupAcceptance(MEMORY_MATCH_WEIGHT if source == MEMORY_SOURCE else 1.0, chat=chat)
         return self.lookup[key]
 
     def begin_generation(self, plain_rate: float) -> None:

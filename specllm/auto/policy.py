@@ -38,7 +38,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..drafting.base import NO_DRAFT, CatchUp, Draft, Drafter
+from ..drafting.base import MODEL_SOURCE, NO_DRAFT, NO_SOURCE, CatchUp, Draft, Drafter
 from ..sampling import DraftChooser
 from .acceptance import best_draft_length, draft_rates, expected_tokens, first_round_of_two
 from .contention import ContentionMeter, Span
@@ -101,7 +101,7 @@ class AutoPolicy:
         self.trace = trace  # every round's prediction against its outcome (trace.py)
         # The round being played: what was tried, its drafting time, why, the predicted
         # acceptance of each drafted token, and the clocks when its target decode began.
-        self._last_round: tuple[str, float] = ("none", 0.0)
+        self._last_round: tuple[str, float] = (NO_SOURCE, 0.0)
         self._why, self._predicted = "plain", []
         self._span: Optional[Span] = None
         self._prompt_length = self._position = 0  # position: tokens emitted before this round
@@ -190,7 +190,7 @@ class AutoPolicy:
             # best lookup draft (or plain); or, with nothing better at hand, a short look when
             # it is time to look (a look costs a few draft tokens, not a full-length draft).
             if self.learned.model_rate(plain) > (best_rate if best.tokens else plain * MARGIN):
-                return self._model_draft(history, k_max, choose, "model")
+                return self._model_draft(history, k_max, choose, MODEL_SOURCE)
             if (not best.tokens and self.learned.wants_a_look()
                     and self._model_can_pay(k_max, self._unseen_by_model(history))):
                 return self._model_draft(history, min(k_max, EXPLORE_MAX_K), choose, "look")
@@ -292,7 +292,7 @@ class AutoPolicy:
             # where verification keeps the target's own choices whatever the draft is.
             k, _ = best_draft_length(alphas, lambda k: seconds + self.costs.target_time(k + 1))
             draft = draft.prefix(k)
-        return self._chosen(draft, seconds, tried="model", why=why, predicted=alphas[: len(draft)])
+        return self._chosen(draft, seconds, tried=MODEL_SOURCE, why=why, predicted=alphas[: len(draft)])
 
     def _chosen(self, draft: Draft, draft_seconds: float, tried: Optional[str] = None, why: str = "plain",
                 predicted: Sequence[float] = ()) -> Draft:
@@ -311,12 +311,12 @@ class AutoPolicy:
         self._record(draft, n_accepted, target_seconds, busy)
         self.costs.observe_target(len(draft) + 1, target_seconds, busy)
         verified = min(len(draft), n_accepted + 1)  # positions after the first rejection are unobserved
-        if source == "model":
+        if source == MODEL_SOURCE:
             for i in range(verified):
                 self.learned.confidence.observe(draft.confidence[i], i < n_accepted)
             self.learned.observe_model_round(n_accepted + 1, draft_seconds + target_seconds,
                                              self.costs.plain_rate(), busy)
-        elif source != "none":
+        elif source != NO_SOURCE:
             self._learn_lookup(draft, range(verified), [i < n_accepted for i in range(verified)])
         self.learned.rounds += 1
 
@@ -327,10 +327,10 @@ class AutoPolicy:
             return
         source, draft_seconds = self._last_round
         t1 = self.costs.target_time(1)
-        cost = (draft_seconds if source == "model" else 0.0) + self.costs.target_time(len(draft) + 1)
+        cost = (draft_seconds if source == MODEL_SOURCE else 0.0) + self.costs.target_time(len(draft) + 1)
         self.trace.record(RoundRecord(
             generation=self._generation, position=self._position, source=draft.source, why=self._why,
-            match_length=draft.ngram_size if draft.tokens and source != "model" else 0,
+            match_length=draft.ngram_size if draft.tokens and source != MODEL_SOURCE else 0,
             predicted=[round(a, 4) for a in self._predicted], expected_tokens=expected_tokens(self._predicted)[-1],
             cost_steps=cost / t1 if t1 > 0 else 0.0, accepted=n_accepted, target_seconds=target_seconds, busy=busy,
             chat=self.chat,

@@ -11,7 +11,7 @@ plus half the tokens generated; a decode's cost grows with the cache it attends 
 
 Every round of a run is priced by what it drafted: j drafted tokens cost s T(j+1) + o, plus,
 for a draft model, j draft decodes of s t_d, and one more in the next round when all j were
-accepted (the draft never decoded its own last token). n-gram lookups cost nothing. Plain
+accepted (the draft never decoded its own last token). Lookups cost nothing. Plain
 decoding costs s T(1) + o a token (what the plain runs took), so
 
     predicted speedup = tokens * (s T(1) + o) / sum over rounds of their costs
@@ -35,15 +35,15 @@ from typing import Optional, Sequence
 
 from .. import llama
 from ..auto import best_draft_length, time_batches
+from ..drafting.base import LOOKUP_SOURCES, MODEL_SOURCE, NO_SOURCE
 from ..stats import SpecStats
 
 TIMING_REPEATS = 5  # timings per batch size; the median is kept
 
-# Round sources whose drafting the model prices: a draft model per decode, n-gram lookups as
-# free, no draft as nothing. Any other drafter (through text, --cross-vocab) is priced by the
-# drafting time its run measured.
-MODEL_SOURCE = "model"
-FREE_SOURCES = ("ngram", "none")
+# Round sources whose drafting the model prices: a draft model per decode; lookups (n-gram,
+# suffix, memory) decode nothing and are free, as is no draft. Any other drafter (through text,
+# --cross-vocab) is priced by the drafting time its run measured.
+FREE_SOURCES = LOOKUP_SOURCES + (NO_SOURCE,)
 
 
 @dataclass

@@ -17,12 +17,22 @@ from ..llama import Context, common_prefix_length
 from ..sampling import DraftChooser, greedy
 
 
+# Where a round's drafts came from: Draft.source, the stats' round shapes, the server's metric
+# labels. The cross-vocabulary drafter's is crossvocab.SOURCE ("xvocab").
+MODEL_SOURCE = "model"  # a draft model of the target's vocabulary
+NGRAM_SOURCE = "ngram"  # llama.cpp-style n-gram lookup over the text so far
+SUFFIX_SOURCE = "suffix"  # auto's suffix index over the text so far
+MEMORY_SOURCE = "memory"  # auto's suffix index over earlier outputs
+NO_SOURCE = "none"  # a round that drafted nothing
+LOOKUP_SOURCES = (NGRAM_SOURCE, SUFFIX_SOURCE, MEMORY_SOURCE)  # drafting that decodes nothing
+
+
 @dataclass
 class Draft:
     tokens: list[int] = field(default_factory=list)
     # q for each drafted token over the target's vocabulary; None for point-mass drafts.
     probs: list[np.ndarray] | None = None
-    source: str = "none"  # "model", "ngram", "suffix", "memory", "crossvocab" or "none"
+    source: str = NO_SOURCE  # one of the sources above, or crossvocab.SOURCE
     # The draft model's probability of each drafted token (auto mode's acceptance signal).
     confidence: list[float] | None = None
     ngram_size: int = 0  # for n-gram drafts: the length of the match (n-gram size or more)
@@ -34,7 +44,7 @@ class Draft:
         return Draft(
             tokens=self.tokens[:k],
             probs=self.probs[:k] if self.probs is not None else None,
-            source=self.source if k else "none",
+            source=self.source if k else NO_SOURCE,
             confidence=self.confidence[:k] if self.confidence is not None else None,
             ngram_size=self.ngram_size,
         )
@@ -96,7 +106,7 @@ class ModelDrafter:
     the tokens it has not seen. It is never re-prefilled.
     """
 
-    name = "model"
+    name = MODEL_SOURCE
 
     def __init__(self, context: Context, n_target_vocab: int, suppressed: Sequence[int] = ()):
         self.context = context
@@ -138,7 +148,7 @@ class ModelDrafter:
         # timed apart), then decode the last one to get the first draft's logits.
         self.catch_up = self._sync(history[:-1])
         logits = ctx.decode([history[-1]])[0]
-        draft = Draft(source="model", probs=[] if choose.kind == "rejection" else None, confidence=[])
+        draft = Draft(source=MODEL_SOURCE, probs=[] if choose.kind == "rejection" else None, confidence=[])
         for i in range(k):
             # The confidence costs a pass over the vocabulary: only when someone listens.
             token, confidence, q = choose(i, self._restrict(logits), keep_drafting is not None)
@@ -196,7 +206,7 @@ class NgramDrafter:
     extended incrementally, so a lookup costs O(1) rather than a scan of the history.
     """
 
-    name = "ngram"
+    name = NGRAM_SOURCE
 
     def __init__(self, sizes: Sequence[int] = (4, 3, 2)):
         if not sizes or min(sizes) < 1:
@@ -243,7 +253,7 @@ class NgramDrafter:
         self, history: Sequence[int], k: int, choose: DraftChooser, keep_drafting: KeepDrafting | None = None
     ) -> Draft:
         tokens, size = self.lookup(history, k)
-        return Draft(tokens=tokens, source="ngram", ngram_size=size) if tokens else NO_DRAFT
+        return Draft(tokens=tokens, source=NGRAM_SOURCE, ngram_size=size) if tokens else NO_DRAFT
 
 
 MAX_MATCH_LENGTH = 32
@@ -260,7 +270,7 @@ def _backward_match(history: Sequence[int], a: int, b: int) -> int:
 class NoDrafter:
     """Plain decoding through the same loop: never drafts."""
 
-    name = "none"
+    name = NO_SOURCE
 
     def begin(self, prompt: Sequence[int]) -> None:
         pass

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence
 
 from ..stats import SpecStats
+from .base import MODEL_SOURCE, NO_SOURCE
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class Proposal:
     """A drafter's tokens at one position, and the draft-model decodes they took."""
 
     tokens: tuple[int, ...] = ()
-    source: str = "none"
+    source: str = NO_SOURCE
     draft_decodes: int = 0
 
 
@@ -117,13 +118,13 @@ def _play_round(rounds: ReplayedRounds, proposal: Proposal, y: Sequence[int], n:
             stopped = True
             break
         n_emitted += 1
-    rounds.stats.record_round(proposal.source if draft else "none", len(draft), accepted, n_emitted)
+    rounds.stats.record_round(proposal.source if draft else NO_SOURCE, len(draft), accepted, n_emitted)
     rounds.draft_decodes += proposal.draft_decodes if draft else 0
     return n_emitted, stopped
 
 
 def agreement_proposals(y: Sequence[int], choices: Sequence[int], is_draft_eog: Callable[[int], bool],
-                        source: str = "model") -> ProposeAt:
+                        source: str = MODEL_SOURCE) -> ProposeAt:
     """A same-vocabulary draft's proposals, read off its teacher-forced greedy choices.
 
     choices[j] is the draft's greedy token at output position j when everything before it is

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
-from .base import NO_DRAFT, Draft, KeepDrafting
+from .base import MEMORY_SOURCE, NO_DRAFT, SUFFIX_SOURCE, Draft, KeepDrafting
 
 if TYPE_CHECKING:
     from .memory import OutputMemory
@@ -316,7 +316,7 @@ class SuffixDrafter:
     `Draft.confidence` holds the count-based probabilities.
     """
 
-    name = "suffix"
+    name = SUFFIX_SOURCE
 
     def __init__(
         self,
@@ -385,14 +385,14 @@ def _as_draft(suffix_draft: SuffixDraft, keep_drafting: KeepDrafting | None) -> 
                 break
     if not tokens:
         return NO_DRAFT
-    return Draft(tokens=tokens, source="suffix", confidence=probs, ngram_size=suffix_draft.match_length)
+    return Draft(tokens=tokens, source=SUFFIX_SOURCE, confidence=probs, ngram_size=suffix_draft.match_length)
 
 
 class MemoryDrafter:
     """The memory half of a `SuffixDrafter` as a drafter of its own (source "memory"), so that
     auto mode learns its acceptance apart from the own-text drafts and picks the better one."""
 
-    name = "memory"
+    name = MEMORY_SOURCE
 
     def __init__(self, suffix: SuffixDrafter):
         self.suffix = suffix

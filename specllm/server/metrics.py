@@ -2,7 +2,8 @@
 
 The counters add up: specllm_generated_tokens_total is the sum of the responses'
 usage.completion_tokens, and the drafted/accepted counters the sums of their `speculative`
-fields, split by drafter source ("model", "ngram"; plain rounds are "none").
+fields, split by drafter source (Draft.source: "model", "ngram", "suffix", "memory", "xvocab";
+plain rounds are "none").
 """
 
 from __future__ import annotations
@@ -38,33 +39,16 @@ BATCH_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 KNOWN_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
 
 
-class SourceTally:
-    """Splits a generation's drafted/accepted counts by the source of each round.
-
-    SpecStats keeps totals and rounds per source; a round's counts are recorded before its
-    tokens are emitted, so looking at the stats at every token sees one new round at a time.
-    """
-
-    def __init__(self, stats: SpecStats):
-        self.stats = stats
-        self.rounds: Counter = Counter()
-        self.drafted: Counter = Counter()
-        self.accepted: Counter = Counter()
-        self._seen = (0, 0, 0, {})
-
-    def update(self) -> None:
-        s = self.stats
-        n_rounds, n_drafted, n_accepted, by_source = self._seen
-        if s.rounds == n_rounds:
-            return
-        new = {src: n - by_source.get(src, 0) for src, n in s.rounds_by_source.items() if n != by_source.get(src, 0)}
-        # Usually one new round; if several sources ran since the last look, the one with the
-        # most rounds takes the drafted/accepted counts (they cannot be told apart).
-        source = max(new, key=new.get) if new else "none"
-        self.rounds.update(new)
-        self.drafted[source] += s.drafted - n_drafted
-        self.accepted[source] += s.accepted - n_accepted
-        self._seen = (s.rounds, s.drafted, s.accepted, dict(s.rounds_by_source))
+def counts_by_source(stats: SpecStats) -> tuple[Counter, Counter, Counter]:
+    """A generation's rounds, drafted and accepted tokens, by drafter source. Each round is
+    recorded with its source (SpecStats.round_shapes), so the split is exact even when auto
+    mode mixes lookups and a draft model within one generation."""
+    rounds, drafted, accepted = Counter(), Counter(), Counter()
+    for (source, n_drafted, n_accepted, _), count in stats.round_shapes.items():
+        rounds[source] += count
+        drafted[source] += count * n_drafted
+        accepted[source] += count * n_accepted
+    return rounds, drafted, accepted
 
 
 class Metrics:
@@ -93,27 +77,28 @@ class Metrics:
             self._counters["specllm_requests_total"][(("endpoint", endpoint), ("status", str(status)))] += 1
 
     def count_generation(self, finish_reason: str, *, prompt_tokens: int, completion_tokens: int,
-                         tally: SourceTally | None, slot: int | None = None) -> None:
+                         stats: SpecStats | None, slot: int | None = None) -> None:
         c = self._counters
         with self._lock:
             c["specllm_generations_total"][(("finish_reason", finish_reason),)] += 1
             c["specllm_prompt_tokens_total"][()] += prompt_tokens
             c["specllm_generated_tokens_total"][()] += completion_tokens
-            if tally is None:
+            if stats is None:
                 return
-            for source, n in tally.rounds.items():
+            rounds, drafted, accepted = counts_by_source(stats)
+            for source, n in rounds.items():
                 c["specllm_rounds_total"][(("source", source),)] += n
-            for source, n in tally.drafted.items():
+            for source, n in drafted.items():
                 c["specllm_drafted_tokens_total"][(("source", source),)] += n
-            for source, n in tally.accepted.items():
+            for source, n in accepted.items():
                 c["specllm_accepted_tokens_total"][(("source", source),)] += n
             if slot is not None:
-                for source, n in tally.drafted.items():
+                for source, n in drafted.items():
                     c["specllm_slot_drafted_tokens_total"][(("slot", str(slot)), ("source", source))] += n
-                for source, n in tally.accepted.items():
+                for source, n in accepted.items():
                     c["specllm_slot_accepted_tokens_total"][(("slot", str(slot)), ("source", source))] += n
-            c["specllm_prompt_seconds_total"][()] += tally.stats.prompt_seconds
-            c["specllm_decode_seconds_total"][()] += tally.stats.decode_seconds
+            c["specllm_prompt_seconds_total"][()] += stats.prompt_seconds
+            c["specllm_decode_seconds_total"][()] += stats.decode_seconds
 
     def render(self) -> str:
         gauges = self._gauges()

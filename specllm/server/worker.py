@@ -2,10 +2,11 @@
 
 Each request is a Job. It waits in a bounded queue until a slot is free, then generates in
 that slot, every slot's rows in one shared decode per round. Each job reports to the event
-loop that submitted it through an asyncio queue of messages: ("start", cached_prompt_tokens),
-then ("text", str)..., then ("done", Outcome) or ("error", SpecllmError). The Outcome's
-cached_tokens is the count `usage` reports: it adds the prompt tokens taken from another slot's
-cells after the start (shared_prefix.py). A job whose client
+loop that submitted it through an asyncio queue of messages: ("start", None) once it holds a
+slot (a streamed reply begins then: an error before it is still an HTTP status), then ("text", str)...,
+then ("done", Outcome) or ("error", SpecllmError). The Outcome's cached_tokens is the count
+`usage` reports: the prompt tokens the slot's cache held, and those taken from another slot's
+cells while the prompt waited (shared_prefix.py). A job whose client
 went away is withdrawn: dropped from the queue, or, when generating, dropped from its slot
 before the next round (so its slot is free within one round).
 """
@@ -24,7 +25,7 @@ from ..batch import Active, Scheduler
 from ..engine import Engine, Request
 from ..errors import SpecllmError
 from ..stats import SpecStats
-from .metrics import Metrics, SourceTally
+from .metrics import Metrics
 from .text import ResponseText
 
 log = logging.getLogger("specllm.server")
@@ -79,7 +80,6 @@ class Running:
     job: Job
     active: Active
     text: ResponseText
-    tally: SourceTally
     started: float = field(default_factory=time.perf_counter)
     n_tokens: int = 0
 
@@ -193,12 +193,11 @@ class EngineWorker:
         except Exception as e:  # a bad request (SpecllmError), or a bug: an error for its client, go on
             if not isinstance(e, SpecllmError):
                 log.error("internal error starting a generation: %s: %s", type(e).__name__, e)
-            self.metrics.count_generation("error", prompt_tokens=len(job.tokens), completion_tokens=0, tally=None)
+            self.metrics.count_generation("error", prompt_tokens=len(job.tokens), completion_tokens=0, stats=None)
             job.send("error", e)
             return
-        job.send("start", active.cached_tokens)
-        stats = active.generation.stats
-        self._running[active.slot] = Running(job, active, ResponseText(job.request.stop), SourceTally(stats))
+        job.send("start", None)
+        self._running[active.slot] = Running(job, active, ResponseText(job.request.stop))
 
     def _round(self) -> None:
         try:
@@ -220,7 +219,6 @@ class EngineWorker:
                     running.job.send("text", released)
                 if text.stopped:
                     break
-            running.tally.update()
             if text.stopped:
                 self.scheduler.drop(active, "stop")
                 self._finish(running, "stop")
@@ -235,7 +233,7 @@ class EngineWorker:
         del self._running[running.active.slot]
         self._mean_seconds += DURATION_SMOOTHING * (time.perf_counter() - running.started - self._mean_seconds)
         self.metrics.count_generation("error" if failure else finish, prompt_tokens=len(job.tokens),
-                                      completion_tokens=running.n_tokens, tally=running.tally,
+                                      completion_tokens=running.n_tokens, stats=generation.stats,
                                       slot=running.active.slot)
         if finish == "cancelled":
             why = "the server is stopping" if self._closing else "its client went away"
