@@ -6,13 +6,15 @@ data, the attempts of one example among its synthetic prompts. Decoding it once 
 costs a prefill each; instead, a sequence that lacks a prefix another sequence of the context
 holds takes that sequence's cells (KVSequence.share_from: llama_memory_seq_cp, no decode).
 
-Two rules, both in the target's cache only (a draft model's sequence prefills as before):
+Two rules:
 - `take_shared_prefix`: before a generation prefills, it takes the longest prefix of its
-  history that another sequence holds beyond its own.
-- `waits_for_shared_prefix`: a joining prompt waits while a prompt ahead of it in the prefill
-  queue is decoding tokens it would share (the two would otherwise decode them side by side in
-  the same rounds); once those are cached it takes them. It never waits on the first prompt of
-  the queue, so the queue always moves.
+  history that another sequence holds beyond its own. A draft model's sequence does the same
+  when it prefills the prompt (ModelDrafter.begin, between rounds: within one, the slots draft
+  on lockstep threads that each roll their own sequence back).
+- `waits_for_shared_prefix` (the target's prefill queue): a joining prompt waits while a
+  prompt ahead of it in the queue is decoding tokens it would share (the two would otherwise
+  decode them side by side in the same rounds); once those are cached it takes them. It never
+  waits on the first prompt of the queue, so the queue always moves.
 """
 
 from __future__ import annotations

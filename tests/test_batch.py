@@ -295,6 +295,42 @@ def test_prompts_that_begin_alike_decode_their_beginning_once_and_write_what_the
     assert all(a.generation.shared_prompt_tokens == 0 for a in unshared.values())
 
 
+def test_the_draft_models_sequences_take_a_shared_beginning_too(tiny, monkeypatch):
+    """In draft mode each slot's draft-model sequence prefills its prompt when the generation
+    begins: a beginning another slot's draft sequence holds is taken from its cells as well."""
+    prompts = [SHARED_BEGINNING + " the cat", SHARED_BEGINNING + " she said", SHARED_BEGINNING + " what will"]
+    jobs = [(p, Request(max_tokens=N_TOKENS)) for p in prompts]
+    config = config_for(tiny, mode="draft", draft=str(tiny.draft_other), k=4, parallel=3, ctx_size=512)
+    with Engine(config) as engine:
+        solo = [alone(engine, p, r) for p, r in jobs]
+        draft_rows = []
+        real = engine.draft.decode_now
+
+        def counting(rows):
+            draft_rows.append(sum(len(r.tokens) for r in rows))
+            return real(rows)
+
+        monkeypatch.setattr(engine.draft, "decode_now", counting)
+        runs = {}
+        for sharing in (True, False):
+            for sequence in engine.draft.sequences:
+                sequence.clear()
+            engine.draft.shares_cells = sharing
+            draft_rows.clear()
+            taken = []
+            started, _ = prefill_rows(engine, jobs)
+            for active in started.values():
+                taken.append(active.generation.policy.drafter.shared_prompt_tokens)
+            runs[sharing] = (started, sum(draft_rows), taken)
+        n_beginning = len(engine.tokenize_prompt(SHARED_BEGINNING, Request()))
+    (shared, rows_shared, taken), (unshared, rows_unshared, not_taken) = runs[True], runs[False]
+    for i in range(3):
+        assert shared[i].generation.tokens == solo[i] == unshared[i].generation.tokens, i
+        assert shared[i].generation.stats.drafted == unshared[i].generation.stats.drafted, i
+    assert sorted(taken)[0] == 0 and min(sorted(taken)[1:]) >= n_beginning - 2 and not any(not_taken)
+    assert rows_unshared - rows_shared == sum(taken)
+
+
 def test_a_prompt_keeps_the_cells_it_took_when_their_donor_moves_on(tiny):
     """The donor finishes and its slot takes another prompt (its cells of the shared part are
     dropped for it): the sequence that took them still has them."""

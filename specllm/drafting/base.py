@@ -13,7 +13,8 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from ..llama import Context, common_prefix_length
+from ..llama import Context, KVSequence, common_prefix_length
+from ..shared_prefix import take_shared_prefix
 from ..sampling import DraftChooser, greedy
 
 
@@ -118,15 +119,23 @@ class ModelDrafter:
         # The common case (same vocabulary, nothing masked) reads the logits in place.
         self._same_ids = n_target_vocab == context.n_vocab and not self.suppressed.size
         self.catch_up = CatchUp()  # the last propose's (auto mode prices drafting without it)
+        self.shared_prompt_tokens = 0  # the last begin's prompt tokens taken from another slot
 
     def begin(self, prompt: Sequence[int]) -> None:
+        self.shared_prompt_tokens = 0
         if len(prompt) < self.context.n_ctx:  # a longer prompt: this drafter sits the generation out
-            self._sync(self._readable(prompt[:-1]))
+            self._sync(self._readable(prompt[:-1]), share=True)
 
-    def _sync(self, tokens: Sequence[int]) -> CatchUp:
+    def _sync(self, tokens: Sequence[int], *, share: bool = False) -> CatchUp:
         ctx = self.context
         ctx.resync()  # an interrupted decode may have left the cache and its mirror apart
         ctx.truncate(common_prefix_length(ctx.tokens, tokens))
+        if share and isinstance(ctx, KVSequence):
+            # A prompt beginning that another slot's sequence holds (a server's system prompt)
+            # is taken from its cells, not decoded (shared_prefix.py). Only at the start of a
+            # generation, which runs between rounds: within a round the slots draft on lockstep
+            # threads, each rolling its own sequence back.
+            self.shared_prompt_tokens = take_shared_prefix(ctx, tokens)
         return decode_catch_up(ctx, tokens[ctx.n_past :])
 
     def unseen(self, history: Sequence[int]) -> int:
