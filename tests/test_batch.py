@@ -437,3 +437,23 @@ def test_the_loop_overhead_script_prints_one_line_per_setting():
     assert lines[0].split()[:5] == ["mode", "parallel", "rows", "ms/round", "ms/row"]
     assert [line.split()[:2] for line in lines[1:]] == [["none", "1"], ["none", "2"]]
     assert all(float(line.split()[3]) > 0 for line in lines[1:])
+
+
+def test_the_shared_beginnings_script_compares_sharing_on_and_off(tiny, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    script = Path(__file__).resolve().parent.parent / "scripts" / "shared-beginnings"
+    result = subprocess.run([sys.executable, str(script), "--prompts", str(prompts), "--shots", "2", "--slots", "2",
+                             "-n", "6", "--pairs", "1", "-t", "1", "-m", str(tiny.target), "-md", str(tiny.draft_other)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    on = next(line for line in lines if "sharing on" in line)
+    off = next(line for line in lines if "sharing off" in line)
+    assert "draft 0" not in on and off.endswith("draft 0")
+    assert "outputs the same" in lines[-1]
