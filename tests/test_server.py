@@ -176,6 +176,36 @@ def test_completion_equals_specllm_generate_streaming_or_not(live, expected):
     assert text == ref
 
 
+def test_n_choices_are_the_answers_of_seeds_seed_plus_i_and_stream_side_by_side(live):
+    # Sampled: choice i is the answer the request gets alone with seed + i (choice 0: the seed).
+    sampled = dict(temperature=1.0, seed=11, max_tokens=12)
+    response = chat(live, n=3, **sampled)
+    alone = [chat(live, **{**sampled, "seed": 11 + i}).choices[0].message.content for i in range(3)]
+    assert [c.index for c in response.choices] == [0, 1, 2]
+    assert [c.message.content for c in response.choices] == alone
+    single = chat(live, **sampled)
+    assert response.usage.prompt_tokens == single.usage.prompt_tokens  # the prompt counts once
+    assert response.usage.completion_tokens == sum(chat(live, **{**sampled, "seed": 11 + i}).usage.completion_tokens
+                                                   for i in range(3))
+    assert response.speculative["rounds"] >= 3
+    # Streamed, each chunk names its choice; put together, they are the same answers.
+    chunks = list(chat(live, n=3, stream=True, stream_options={"include_usage": True}, **sampled))
+    texts, finished = ["", "", ""], set()
+    for c in chunks:
+        for choice in c.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finished.add(choice.index)
+    assert texts == alone and finished == {0, 1, 2}
+    assert chunks[-1].usage.completion_tokens == response.usage.completion_tokens
+
+
+def test_n_greedy_completions_are_one_answer_n_times(live, expected):
+    response = complete(live, PROMPT, n=2)
+    assert [c.text for c in response.choices] == [expected["completion"]["text"]] * 2
+    assert response.usage.completion_tokens == 2 * N
+
+
 def test_raw_stream_is_server_sent_events_ending_with_done(live):
     body = {"prompt": PROMPT, "max_tokens": 4, "stream": True}
     with live.http.stream("POST", "/v1/completions", json=body) as response:
@@ -331,7 +361,9 @@ def test_a_disconnect_frees_its_slot_and_the_others_answer_as_alone(live, expect
     (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": "5"}', 400, "max_tokens"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}', 400, "max_tokens"),
     (b'{"messages": [{"role": "wizard", "content": "hi"}]}', 400, "role"),
-    (b'{"messages": [{"role": "user", "content": "hi"}], "n": 2}', 400, "not supported"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "n": 0}', 400, "n must be between 1 and"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "n": 17}', 400, "n must be between 1 and"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "n": 16}', 400, "do not fit this server"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "mode": "fast"}', 400, "mode"),
     (b'{"messages": []}', 400, "messages"),
     (b'{"messages": [{"role": "user", "content": "a\\ud800"}]}', 400, "surrogate"),

@@ -1,8 +1,8 @@
 """The HTTP side: OpenAI's routes on Starlette.
 
-Handlers validate and tokenize (in a thread: a long prompt takes a while), then hand the job
-to the engine's worker and relay its messages: one JSON object, or server-sent events ending
-with `data: [DONE]`. A client's mistake is an ApiError (a 4xx with a message); guard.py
+Handlers validate and tokenize (in a thread: a long prompt takes a while), then hand the
+request's jobs (one per choice, `n`) to the engine's worker and relay their messages (reply.py):
+one JSON object, or server-sent events ending with `data: [DONE]`. A client's mistake is an ApiError (a 4xx with a message); guard.py
 keeps anything else from reaching the log as a traceback.
 """
 
@@ -12,9 +12,9 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import AsyncIterator, Optional
+from typing import Optional
 
 import anyio
 import uvicorn
@@ -29,11 +29,12 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from ..engine import Engine, Request
-from ..errors import ModelLoadError, SpecllmError, UsageError
+from ..errors import ModelLoadError, UsageError
 from . import schemas
 from .guard import CLIENT_CLOSED, ApiError, Guard, api_error_response, http_error_response
 from .metrics import Metrics
-from .schemas import ChatBody, CompletionBody, error_body
+from .reply import Reply, engine_error
+from .schemas import ChatBody, CompletionBody
 from .worker import DEFAULT_QUEUE_SIZE, EngineWorker, Job, Outcome, QueueFull, ShuttingDown
 
 log = logging.getLogger("specllm.server")
@@ -48,6 +49,9 @@ SSE_SHUTDOWN_GRACE_SECONDS = 2
 # A request body larger than this is refused (413) before it is read whole: even a
 # million-token context holds only a few MB of text.
 MAX_BODY_BYTES = 32 << 20
+# Choices one request may ask for (`n`). Each generates in a slot of its own, beside the others
+# (their prompt is decoded once: shared_prefix.py), and a request must fit the queue whole.
+MAX_CHOICES = 16
 
 
 @dataclass
@@ -171,9 +175,12 @@ async def _read_body(http: HttpRequest) -> bytes:
 
 
 def checked_request(state: ServerState, body: schemas.Body) -> Request:
-    if body.n not in (None, 1):
-        raise ApiError(400, f"n={body.n} is not supported: specllm returns one choice per request (n=1)",
-                       param="n", code="unsupported_value")
+    n = body.choices()
+    if not 1 <= n <= MAX_CHOICES:
+        raise ApiError(400, f"n must be between 1 and {MAX_CHOICES}, got {n}", param="n", code="invalid_value")
+    if n > state.worker.capacity:
+        raise ApiError(400, f"n={n} choices do not fit this server at once: it runs {state.worker.n_slots} "
+                            f"(--parallel) and queues {state.worker.queue_size}", param="n", code="invalid_value")
     request = body.to_request(state.defaults)
     if request.mode == "draft" and state.engine.draft is None:
         raise ApiError(400, "mode 'draft' needs a draft model: start the server with -md", param="mode")
@@ -232,128 +239,71 @@ def fitted(engine: Engine, tokens: list[int], param: str) -> list[int]:
 
 async def answer(state: ServerState, http: HttpRequest, body: schemas.Body, request: Request, tokens: list[int],
                  *, chat: bool) -> Response:
-    job = Job(tokens, request)
+    jobs = [Job(tokens, choice_request(request, i)) for i in range(body.choices())]
     try:
-        state.worker.submit(job)
+        state.worker.submit(*jobs)
     except QueueFull:
         raise ApiError(503, f"the server is busy ({state.worker.n_waiting} requests waiting): retry later",
                        kind="server_error", code="queue_full",
                        headers={"Retry-After": str(state.worker.retry_after())}) from None
     except ShuttingDown:
         raise ApiError(503, "the server is shutting down", kind="server_error") from None
-    reply = Reply(state, body, chat=chat)
+    reply = Reply(state.model_name, body, chat=chat)
     handed_over = False
-    watcher = asyncio.create_task(_watch_client(state, http, job))
+    watcher = asyncio.create_task(_watch_client(state, http, jobs))
     try:
-        kind, value = await job.messages.get()
-        if kind == "gone":
-            return Response(status_code=CLIENT_CLOSED)
-        if kind == "error":
-            raise _engine_error(value)
+        for job in jobs:  # every choice has its slot, or the request fails whole
+            kind, value = await job.messages.get()
+            if kind == "gone":
+                return Response(status_code=CLIENT_CLOSED)
+            if kind == "error":
+                raise engine_error(value)
         if body.stream:
             watcher.cancel()  # from here on sse-starlette watches the connection
             handed_over = True
-            return EventSourceResponse(reply.events(job), ping=SSE_PING_SECONDS, sep="\n",
+            return EventSourceResponse(reply.events(jobs), ping=SSE_PING_SECONDS, sep="\n",
                                        shutdown_event=anyio.Event(), shutdown_grace_period=SSE_SHUTDOWN_GRACE_SECONDS)
-        parts = []
-        while True:
-            kind, value = await job.messages.get()
-            if kind == "text":
-                parts.append(value)
-            elif kind == "done":
-                return JSONResponse(reply.whole("".join(parts), value))
-            elif kind == "gone":
+        answers = []
+        for job in jobs:  # they generate side by side; their messages wait in their queues
+            whole = await _whole_answer(job)
+            if whole is None:
                 return Response(status_code=CLIENT_CLOSED)
-            else:
-                raise _engine_error(value)
+            answers.append(whole)
+        return JSONResponse(reply.whole(answers))
     finally:
         watcher.cancel()
         if not handed_over:
-            state.worker.withdraw(job)  # a no-op once the job is done
+            for job in jobs:
+                state.worker.withdraw(job)  # a no-op once the job is done
 
 
-async def _watch_client(state: ServerState, http: HttpRequest, job: Job) -> None:
-    """Withdraw the job as soon as its client disconnects, queued or generating."""
+def choice_request(request: Request, index: int) -> Request:
+    """Choice `index` of a request: with a seed, seed + index, so that choice 0 is the answer
+    the request gets with n = 1 and each choice is reproducible; without one, each draws its own."""
+    if request.seed is None or index == 0:
+        return request
+    return replace(request, seed=(request.seed + index) % schemas.SEED_LIMIT)
+
+
+async def _whole_answer(job: Job) -> Optional[tuple[str, Outcome]]:
+    """One choice's text and outcome; None when the client went away."""
+    parts = []
+    while True:
+        kind, value = await job.messages.get()
+        if kind == "text":
+            parts.append(value)
+        elif kind == "done":
+            return "".join(parts), value
+        elif kind == "gone":
+            return None
+        else:
+            raise engine_error(value)
+
+
+async def _watch_client(state: ServerState, http: HttpRequest, jobs: list[Job]) -> None:
+    """Withdraw the jobs as soon as their client disconnects, queued or generating."""
     while not await http.is_disconnected():
         await asyncio.sleep(DISCONNECT_POLL_SECONDS)
-    state.worker.withdraw(job)
-    job.messages.put_nowait(("gone", None))
-
-
-def _engine_error(value: object) -> ApiError:
-    if isinstance(value, ShuttingDown):
-        return ApiError(503, "the server is shutting down", kind="server_error")
-    if isinstance(value, UsageError):
-        return ApiError(400, value.message)
-    if isinstance(value, SpecllmError):
-        return ApiError(500, value.message, kind="server_error")
-    return ApiError(500, f"internal error: {type(value).__name__}", kind="server_error")
-
-
-class Reply:
-    """The response objects of one request, whole or as stream chunks."""
-
-    def __init__(self, state: ServerState, body: schemas.Body, *, chat: bool):
-        self.chat = chat
-        self.body = body
-        self.metrics = state.metrics
-        self.id = schemas.new_id("chatcmpl" if chat else "cmpl")
-        self.created = schemas.now()
-        self.model = state.model_name
-
-    def _object(self, kind: str, choice: dict, **extra: object) -> dict:
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
-                "system_fingerprint": None, "choices": [choice] if choice else [], **extra}
-
-    def _usage(self, outcome: Outcome) -> dict:
-        # At the end: a prompt may take cells another slot decoded after it started (shared_prefix.py).
-        return schemas.usage(outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens)
-
-    def whole(self, text: str, outcome: Outcome) -> dict:
-        if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                      "finish_reason": outcome.finish_reason}
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": outcome.finish_reason}
-        return self._object("chat.completion" if self.chat else "text_completion", choice,
-                            usage=self._usage(outcome), speculative=schemas.speculative(outcome.stats))
-
-    def chunk(self, text: Optional[str], finish_reason: Optional[str] = None, **extra: object) -> dict:
-        if self.chat:
-            delta = {} if text is None else {"content": text}
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        else:
-            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
-        return self._object("chat.completion.chunk" if self.chat else "text_completion", choice, **extra)
-
-    async def events(self, job: Job) -> AsyncIterator[dict]:
-        """Server-sent events: the text as it is released, a last chunk with the finish reason
-        and specllm's statistics, usage when stream_options asks for it, then [DONE]."""
-        try:
-            if self.chat:
-                first = self.chunk("")
-                first["choices"][0]["delta"]["role"] = "assistant"
-                yield _sse(first)
-            while True:
-                kind, value = await job.messages.get()
-                if kind == "text":
-                    yield _sse(self.chunk(value))
-                    continue
-                if kind == "done":
-                    yield _sse(self.chunk(None, value.finish_reason, speculative=schemas.speculative(value.stats)))
-                    if self.body.include_usage():
-                        usage_chunk = self._object(self.chunk(None)["object"], {}, usage=self._usage(value))
-                        yield _sse(usage_chunk)
-                else:
-                    error = _engine_error(value)
-                    (log.warning if error.status == 503 else log.error)(
-                        "stream %s ended early: %s", self.id, error.message)
-                    yield _sse(error_body(error.message, kind=error.kind))
-                break
-            yield {"data": "[DONE]"}
-        finally:
-            job.cancelled.set()  # the client left, or the stream is over: the generation ends
-
-
-def _sse(obj: dict) -> dict:
-    return {"data": json.dumps(obj, ensure_ascii=False)}
+    for job in jobs:
+        state.worker.withdraw(job)
+        job.messages.put_nowait(("gone", None))

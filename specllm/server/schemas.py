@@ -20,6 +20,7 @@ from ..engine import Request
 from ..stats import SpecStats
 
 Mode = Literal[MODES]  # type: ignore[valid-type]
+SEED_LIMIT = 1 << 63  # seeds are non-negative 64-bit integers
 MAX_STOP_STRINGS = 4  # as OpenAI: each stop string is searched for after every token
 
 
@@ -32,7 +33,7 @@ class Body(BaseModel):
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
     top_k: Optional[int] = Field(None, ge=0)  # not in OpenAI's API; llama.cpp servers take it
     min_p: Optional[float] = Field(None, ge=0.0, le=1.0)
-    seed: Optional[int] = Field(None, ge=0, lt=1 << 63)
+    seed: Optional[int] = Field(None, ge=0, lt=SEED_LIMIT)
     stop: Union[str, list[str], None] = None
     # Some clients send null for what they leave unset: null means the default here too.
     stream: Optional[bool] = False
@@ -59,6 +60,10 @@ class Body(BaseModel):
     def stop_strings(self) -> tuple[str, ...]:
         stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         return tuple(s for s in stops if s)
+
+    def choices(self) -> int:
+        """How many choices the request asks for (`n`; null means 1)."""
+        return 1 if self.n is None else self.n
 
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)

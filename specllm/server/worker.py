@@ -108,14 +108,20 @@ class EngineWorker:
     def n_slots(self) -> int:
         return self.engine.n_slots
 
-    def submit(self, job: Job) -> None:
+    @property
+    def capacity(self) -> int:
+        """Jobs an idle server takes at once: one per slot, and queue_size waiting."""
+        return self.n_slots + self.queue_size
+
+    def submit(self, *jobs: Job) -> None:
+        """Queue a request's jobs (its choices), all or none."""
         with self._cond:
             if self._closing:
                 raise ShuttingDown()
             # Free slots take jobs at once; beyond them, queue_size jobs may wait.
-            if len(self._waiting) >= self.n_slots - self._n_busy + self.queue_size:
+            if len(self._waiting) + len(jobs) > self.n_slots - self._n_busy + self.queue_size:
                 raise QueueFull()
-            self._waiting.append(job)
+            self._waiting.extend(jobs)
             self._cond.notify()
 
     def withdraw(self, job: Job) -> None:

@@ -1,0 +1,131 @@
+"""The response objects of one request (OpenAI's shapes): whole, or as server-sent events,
+with one choice per job of the request (`n`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import AsyncIterator, Optional
+
+from ..errors import SpecllmError, UsageError
+from ..stats import SpecStats
+from . import schemas
+from .guard import ApiError
+from .schemas import error_body
+from .worker import Job, Outcome, ShuttingDown
+
+log = logging.getLogger("specllm.server")
+
+
+def engine_error(value: object) -> ApiError:
+    if isinstance(value, ShuttingDown):
+        return ApiError(503, "the server is shutting down", kind="server_error")
+    if isinstance(value, UsageError):
+        return ApiError(400, value.message)
+    if isinstance(value, SpecllmError):
+        return ApiError(500, value.message, kind="server_error")
+    return ApiError(500, f"internal error: {type(value).__name__}", kind="server_error")
+
+
+class Reply:
+    """The response objects of one request, whole or as stream chunks."""
+
+    def __init__(self, model_name: str, body: schemas.Body, *, chat: bool):
+        self.chat = chat
+        self.body = body
+        self.id = schemas.new_id("chatcmpl" if chat else "cmpl")
+        self.created = schemas.now()
+        self.model = model_name
+
+    def _object(self, kind: str, choices: list[dict], **extra: object) -> dict:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+                "system_fingerprint": None, "choices": choices, **extra}
+
+    def _usage(self, outcomes: list[Outcome]) -> dict:
+        # At the end: a prompt may take cells another slot decoded after it started (shared_prefix.py).
+        # The prompt counts once, as the first choice saw it; every choice's tokens count.
+        first = outcomes[0]
+        return schemas.usage(first.prompt_tokens, sum(o.completion_tokens for o in outcomes), first.cached_tokens)
+
+    def whole(self, answers: list[tuple[str, Outcome]]) -> dict:
+        choices = []
+        for index, (text, outcome) in enumerate(answers):
+            if self.chat:
+                choices.append({"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                                "finish_reason": outcome.finish_reason})
+            else:
+                choices.append({"index": index, "text": text, "logprobs": None, "finish_reason": outcome.finish_reason})
+        outcomes = [outcome for _, outcome in answers]
+        return self._object("chat.completion" if self.chat else "text_completion", choices,
+                            usage=self._usage(outcomes), speculative=schemas.speculative(pooled_stats(outcomes)))
+
+    def chunk(self, text: Optional[str], finish_reason: Optional[str] = None, index: int = 0, **extra: object) -> dict:
+        if self.chat:
+            delta = {} if text is None else {"content": text}
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        else:
+            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        return self._object("chat.completion.chunk" if self.chat else "text_completion", [choice], **extra)
+
+    async def events(self, jobs: list[Job]) -> AsyncIterator[dict]:
+        """Server-sent events: each choice's text as it is released (chunks say which choice by
+        their index), a last chunk per choice with its finish reason and specllm's statistics,
+        usage when stream_options asks for it, then [DONE]."""
+        merged: asyncio.Queue = asyncio.Queue()
+        forwarders = [asyncio.create_task(_forward(index, job, merged)) for index, job in enumerate(jobs)]
+        try:
+            if self.chat:
+                for index in range(len(jobs)):
+                    first = self.chunk("", index=index)
+                    first["choices"][0]["delta"]["role"] = "assistant"
+                    yield _sse(first)
+            outcomes: dict[int, Outcome] = {}
+            while len(outcomes) < len(jobs):
+                index, kind, value = await merged.get()
+                if kind == "text":
+                    yield _sse(self.chunk(value, index=index))
+                elif kind == "done":
+                    outcomes[index] = value
+                    yield _sse(self.chunk(None, value.finish_reason, index=index,
+                                          speculative=schemas.speculative(value.stats)))
+                else:
+                    error = engine_error(value)
+                    (log.warning if error.status == 503 else log.error)(
+                        "stream %s ended early: %s", self.id, error.message)
+                    yield _sse(error_body(error.message, kind=error.kind))
+                    break
+            else:
+                if self.body.include_usage():
+                    usage = self._usage([outcomes[i] for i in range(len(jobs))])
+                    yield _sse(self._object(self.chunk(None)["object"], [], usage=usage))
+            yield {"data": "[DONE]"}
+        finally:
+            for forwarder in forwarders:
+                forwarder.cancel()
+            for job in jobs:
+                job.cancelled.set()  # the client left, or the stream is over: the generation ends
+
+
+async def _forward(index: int, job: Job, merged: asyncio.Queue) -> None:
+    """One choice's messages into a stream's merged queue, up to its last."""
+    while True:
+        kind, value = await job.messages.get()
+        await merged.put((index, kind, value))
+        if kind != "text":
+            return
+
+
+def pooled_stats(outcomes: list[Outcome]) -> SpecStats:
+    """One choice's statistics, or every choice's pooled (a request with n > 1)."""
+    if len(outcomes) == 1:
+        return outcomes[0].stats
+    first = outcomes[0].stats
+    pooled = SpecStats(mode=first.mode, k=first.k, draft_lora=first.draft_lora)
+    for outcome in outcomes:
+        pooled.add(outcome.stats)
+    return pooled
+
+
+def _sse(obj: dict) -> dict:
+    return {"data": json.dumps(obj, ensure_ascii=False)}
