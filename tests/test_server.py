@@ -282,6 +282,22 @@ def test_a_dropped_stream_stops_its_generation_and_the_next_request_is_served(li
     assert chat(live).choices[0].message.content == expected["chat"]["text"]
 
 
+def test_a_stream_of_several_choices_cut_by_its_client_ends_them_all(live, expected):
+    live.wait_idle()
+    before = live.metrics()
+    body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": LONG, "stream": True, "n": 3}
+    with live.http.stream("POST", "/v1/chat/completions", json=body) as response:
+        for line in response.iter_lines():
+            if '"content":"' in line.replace(" ", "") and '"content":""' not in line.replace(" ", ""):
+                break  # a token arrived: drop the connection mid-generation
+    live.wait_idle(timeout=5)  # no choice left generating or waiting for a slot
+    after = live.metrics()
+    started = min(3, live.state.worker.n_slots)  # a choice still queued is withdrawn, never started
+    assert after['specllm_generations_total{finish_reason="cancelled"}'] == \
+        before.get('specllm_generations_total{finish_reason="cancelled"}', 0) + started
+    assert chat(live).choices[0].message.content == expected["chat"]["text"]
+
+
 def test_a_full_queue_answers_503_with_retry_after(live, expected):
     live.wait_idle()
     live.state.worker.queue_size = 1

@@ -252,12 +252,13 @@ async def answer(state: ServerState, http: HttpRequest, body: schemas.Body, requ
     handed_over = False
     watcher = asyncio.create_task(_watch_client(state, http, jobs))
     try:
-        for job in jobs:  # every choice has its slot, or the request fails whole
-            kind, value = await job.messages.get()
-            if kind == "gone":
-                return Response(status_code=CLIENT_CLOSED)
-            if kind == "error":
-                raise engine_error(value)
+        # The first choice holds a slot: until then an error is an HTTP status (the others
+        # start as slots free up; each one's "start" is skipped).
+        kind, value = await jobs[0].messages.get()
+        if kind == "gone":
+            return Response(status_code=CLIENT_CLOSED)
+        if kind == "error":
+            raise engine_error(value)
         if body.stream:
             watcher.cancel()  # from here on sse-starlette watches the connection
             handed_over = True
@@ -290,6 +291,8 @@ async def _whole_answer(job: Job) -> Optional[tuple[str, Outcome]]:
     parts = []
     while True:
         kind, value = await job.messages.get()
+        if kind == "start":
+            continue
         if kind == "text":
             parts.append(value)
         elif kind == "done":

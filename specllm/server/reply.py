@@ -111,6 +111,8 @@ async def _forward(index: int, job: Job, merged: asyncio.Queue) -> None:
     """One choice's messages into a stream's merged queue, up to its last."""
     while True:
         kind, value = await job.messages.get()
+        if kind == "start":
+            continue
         await merged.put((index, kind, value))
         if kind != "text":
             return
