@@ -206,6 +206,20 @@ def test_n_greedy_completions_are_one_answer_n_times(live, expected):
     assert response.usage.completion_tokens == 2 * N
 
 
+def test_a_list_of_prompts_is_answered_prompt_by_prompt_n_choices_each(live):
+    prompts = PROMPTS[:3]
+    alone = [complete(live, p) for p in prompts]
+    response = complete(live, prompts, n=2)
+    assert [c.index for c in response.choices] == list(range(6))
+    assert [c.text for c in response.choices] == [a.choices[0].text for a in alone for _ in range(2)]
+    assert response.usage.prompt_tokens == sum(a.usage.prompt_tokens for a in alone)
+    assert response.usage.completion_tokens == 2 * sum(a.usage.completion_tokens for a in alone)
+    # Token ids, one list per prompt, are the same prompts.
+    ids = [live.state.engine.tokenize_prompt(p, Request()) for p in prompts]
+    by_ids = live.http.post("/v1/completions", json={"prompt": ids, "max_tokens": N, "temperature": 0}).json()
+    assert [c["text"] for c in by_ids["choices"]] == [a.choices[0].text for a in alone]
+
+
 def test_raw_stream_is_server_sent_events_ending_with_done(live):
     body = {"prompt": PROMPT, "max_tokens": 4, "stream": True}
     with live.http.stream("POST", "/v1/completions", json=body) as response:
@@ -398,6 +412,18 @@ def test_a_prompt_too_long_gets_400_with_the_token_counts(live):
     n_prompt = int(re.search(r"has (\d+) tokens", message)[1])
     assert n_prompt > CTX and f"holds {CTX}" in message
     assert caught.value.body["code"] == "context_length_exceeded"
+
+
+@pytest.mark.parametrize("prompt, fragment", [
+    ([], "the prompt is empty"),
+    ([[1, 2], []], "the prompt is empty"),
+    ([PROMPT] * 40, "40 prompts x n=1 choices do not fit this server"),
+    (["hi", PROMPT * 600], "prompt 1 has"),
+])
+def test_bad_prompt_lists_get_json_errors(live, prompt, fragment):
+    response = live.http.post("/v1/completions", json={"prompt": prompt, "max_tokens": 4})
+    assert response.status_code == 400, response.text
+    assert fragment in response.json()["error"]["message"]
 
 
 def test_unknown_fields_are_ignored_and_unknown_routes_are_json_404(live, expected):

@@ -112,13 +112,15 @@ async def chat_completions(state: ServerState, http: HttpRequest) -> Response:
     body = await parse_body(http, ChatBody)
     request = checked_request(state, body)
     tokens = await run_in_threadpool(chat_tokens, state.engine, body.chat_messages(), request)
-    return await answer(state, http, body, request, tokens, chat=True)
+    return await answer(state, http, body, request, [tokens], chat=True)
 
 
 async def completions(state: ServerState, http: HttpRequest) -> Response:
     body = await parse_body(http, CompletionBody)
-    request = checked_request(state, body)
-    tokens = await run_in_threadpool(prompt_tokens, state.engine, body.prompt, request)
+    prompts = body.prompts()
+    request = checked_request(state, body, n_prompts=len(prompts))
+    tokens = [await run_in_threadpool(prompt_tokens, state.engine, prompt, request, _prompt_param(i, len(prompts)))
+              for i, prompt in enumerate(prompts)]
     return await answer(state, http, body, request, tokens, chat=False)
 
 
@@ -174,13 +176,15 @@ async def _read_body(http: HttpRequest) -> bytes:
     return b"".join(chunks)
 
 
-def checked_request(state: ServerState, body: schemas.Body) -> Request:
+def checked_request(state: ServerState, body: schemas.Body, n_prompts: int = 1) -> Request:
     n = body.choices()
     if not 1 <= n <= MAX_CHOICES:
         raise ApiError(400, f"n must be between 1 and {MAX_CHOICES}, got {n}", param="n", code="invalid_value")
-    if n > state.worker.capacity:
-        raise ApiError(400, f"n={n} choices do not fit this server at once: it runs {state.worker.n_slots} "
-                            f"(--parallel) and queues {state.worker.queue_size}", param="n", code="invalid_value")
+    if n * n_prompts > state.worker.capacity:
+        asked = f"{n_prompts} prompts x n={n}" if n_prompts > 1 else f"n={n}"
+        raise ApiError(400, f"{asked} choices do not fit this server at once: it runs {state.worker.n_slots} "
+                            f"(--parallel) and queues {state.worker.queue_size}",
+                       param="prompt" if n_prompts > 1 else "n", code="invalid_value")
     request = body.to_request(state.defaults)
     if request.mode == "draft" and state.engine.draft is None:
         raise ApiError(400, "mode 'draft' needs a draft model: start the server with -md", param="mode")
@@ -197,15 +201,19 @@ def chat_tokens(engine: Engine, messages: list[tuple[str, str]], request: Reques
     return fitted(engine, _tokenize(engine, text, request), "messages")
 
 
-def prompt_tokens(engine: Engine, prompt: str | list, request: Request) -> list[int]:
-    if isinstance(prompt, list) and isinstance(prompt[0], int):  # token ids
+def prompt_tokens(engine: Engine, prompt: str | list[int], request: Request, param: str = "prompt") -> list[int]:
+    if isinstance(prompt, list):  # token ids
         n_vocab = engine.target_model.vocab.n_tokens
         if any(not 0 <= t < n_vocab for t in prompt):
-            raise ApiError(400, f"prompt: token ids must be in [0, {n_vocab})", param="prompt")
-        return fitted(engine, list(prompt), "prompt")
-    text = prompt if isinstance(prompt, str) else prompt[0]
-    _check_utf8([text], "prompt")
-    return fitted(engine, _tokenize(engine, text, request), "prompt")
+            raise ApiError(400, f"{param}: token ids must be in [0, {n_vocab})", param="prompt")
+        return fitted(engine, list(prompt), param)
+    _check_utf8([prompt], param)
+    return fitted(engine, _tokenize(engine, prompt, request), param)
+
+
+def _prompt_param(index: int, n_prompts: int) -> str:
+    """How an error names a prompt: "prompt", or "prompt.2" in a list of prompts."""
+    return f"prompt.{index}" if n_prompts > 1 else "prompt"
 
 
 def _check_utf8(texts: list[str], param: str) -> None:
@@ -228,7 +236,8 @@ def _tokenize(engine: Engine, text: str, request: Request) -> list[int]:
 def fitted(engine: Engine, tokens: list[int], param: str) -> list[int]:
     n_ctx = engine.target.n_ctx
     if len(tokens) >= n_ctx:
-        raise ApiError(400, f"the prompt has {len(tokens)} tokens but the context holds {n_ctx}, "
+        what = f"prompt {param.split('.')[1]}" if "." in param else "the prompt"
+        raise ApiError(400, f"{what} has {len(tokens)} tokens but the context holds {n_ctx}, "
                             "and at least one generated token must fit (the server's --ctx-size)",
                        param=param, code="context_length_exceeded")
     return tokens
@@ -237,9 +246,10 @@ def fitted(engine: Engine, tokens: list[int], param: str) -> list[int]:
 # -- answers -------------------------------------------------------------------------------------
 
 
-async def answer(state: ServerState, http: HttpRequest, body: schemas.Body, request: Request, tokens: list[int],
-                 *, chat: bool) -> Response:
-    jobs = [Job(tokens, choice_request(request, i)) for i in range(body.choices())]
+async def answer(state: ServerState, http: HttpRequest, body: schemas.Body, request: Request,
+                 prompts: list[list[int]], *, chat: bool) -> Response:
+    # n choices of each prompt, in OpenAI's order: choice index = prompt index x n + i.
+    jobs = [Job(tokens, choice_request(request, i)) for tokens in prompts for i in range(body.choices())]
     try:
         state.worker.submit(*jobs)
     except QueueFull:

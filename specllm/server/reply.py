@@ -44,9 +44,10 @@ class Reply:
 
     def _usage(self, outcomes: list[Outcome]) -> dict:
         # At the end: a prompt may take cells another slot decoded after it started (shared_prefix.py).
-        # The prompt counts once, as the first choice saw it; every choice's tokens count.
-        first = outcomes[0]
-        return schemas.usage(first.prompt_tokens, sum(o.completion_tokens for o in outcomes), first.cached_tokens)
+        # Each prompt counts once, as its first choice saw it; every choice's tokens count.
+        firsts = outcomes[:: self.body.choices()]
+        return schemas.usage(sum(o.prompt_tokens for o in firsts), sum(o.completion_tokens for o in outcomes),
+                             sum(o.cached_tokens for o in firsts))
 
     def whole(self, answers: list[tuple[str, Outcome]]) -> dict:
         choices = []

@@ -122,17 +122,25 @@ class ChatBody(Body):
         return [("system" if m.role == "developer" else m.role, m.text()) for m in self.messages]
 
 
+PromptField = Union[str, list[str], list[int], list[list[int]]]
+
+
 class CompletionBody(Body):
-    prompt: Union[str, list[str], list[int]]
+    # One prompt (text or token ids), or several (texts or token-id lists): OpenAI's batch.
+    prompt: PromptField
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, value: Union[str, list[str], list[int]]) -> Union[str, list[str], list[int]]:
-        if isinstance(value, list) and value and isinstance(value[0], str) and len(value) != 1:
-            raise ValueError("one prompt per request (a list of prompts is not supported)")
-        if isinstance(value, list) and not value:
+    def _prompts(cls, value: PromptField) -> PromptField:
+        if isinstance(value, list) and (not value or any(isinstance(p, list) and not p for p in value)):
             raise ValueError("the prompt is empty")
         return value
+
+    def prompts(self) -> list[Union[str, list[int]]]:
+        """Each prompt of the request: a text or token ids."""
+        if isinstance(self.prompt, str) or isinstance(self.prompt[0], int):
+            return [self.prompt]
+        return list(self.prompt)
 
 
 Body.model_rebuild()
