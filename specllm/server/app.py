@@ -1,9 +1,10 @@
 """The HTTP side: OpenAI's routes on Starlette.
 
 Handlers validate and tokenize (in a thread: a long prompt takes a while), then hand the
-request's jobs (one per choice, `n`) to the engine's worker and relay their messages (reply.py):
-one JSON object, or server-sent events ending with `data: [DONE]`. A client's mistake is an ApiError (a 4xx with a message); guard.py
-keeps anything else from reaching the log as a traceback.
+request's jobs (one per choice: `n` of each prompt) to the engine's worker and relay their
+messages (reply.py): one JSON object, or server-sent events ending with `data: [DONE]`. A
+client's mistake is an ApiError (a 4xx with a message); guard.py keeps anything else from
+reaching the log as a traceback.
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ def prompt_tokens(engine: Engine, prompt: str | list[int], request: Request, par
     if isinstance(prompt, list):  # token ids
         n_vocab = engine.target_model.vocab.n_tokens
         if any(not 0 <= t < n_vocab for t in prompt):
-            raise ApiError(400, f"{param}: token ids must be in [0, {n_vocab})", param="prompt")
+            raise ApiError(400, f"{param}: token ids must be in [0, {n_vocab})", param=param)
         return fitted(engine, list(prompt), param)
     _check_utf8([prompt], param)
     return fitted(engine, _tokenize(engine, prompt, request), param)

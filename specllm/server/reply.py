@@ -1,5 +1,5 @@
 """The response objects of one request (OpenAI's shapes): whole, or as server-sent events,
-with one choice per job of the request (`n`)."""
+with one choice per job of the request (`n` of each prompt)."""
 
 from __future__ import annotations
 
