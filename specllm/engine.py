@@ -47,6 +47,8 @@ class Request:
     sampler: str = DEFAULT_SAMPLER
     # Stop strings (server): generation ends before the first one; they are not emitted.
     stop: tuple[str, ...] = ()
+    # Log-probabilities (server's logprobs): each token's and this many alternatives' (None: none).
+    logprobs: Optional[int] = None
 
 
 class Engine:
@@ -259,6 +261,7 @@ class Engine:
             sampler=Sampler(request.params, request.sampler, seed),
             max_tokens=request.max_tokens,
             ignore_eos=request.ignore_eos,
+            logprobs=request.logprobs,
         )
         if self.draft_lora is not None and generation.stats.mode in ("draft", "auto"):
             generation.stats.draft_lora = self.draft_lora.name

@@ -96,6 +96,23 @@ def top_probability(logits: np.ndarray, top: int) -> float:
     return float(1.0 / np.exp(logits - logits[top]).sum(dtype=np.float64))
 
 
+def token_logprobs(logits: np.ndarray, token: int, n_top: int) -> tuple[float, list[tuple[int, float]]]:
+    """log p(token) under softmax(logits), the model's own distribution (no temperature, no
+    truncation: what an API's logprobs report), and the n_top likeliest tokens with theirs,
+    likeliest first. Tokens made impossible (-inf, a suppressed end of generation) are never
+    among them."""
+    row = np.asarray(logits, dtype=np.float64)
+    peak = float(row.max())
+    log_z = peak + float(np.log(np.exp(row - peak).sum()))
+    chosen = float(row[token]) - log_z
+    n_top = min(n_top, int(np.isfinite(row).sum()))
+    if n_top <= 0:
+        return chosen, []
+    top = np.argpartition(-row, n_top - 1)[:n_top]
+    top = top[np.argsort(-row[top], kind="stable")]
+    return chosen, [(int(t), float(row[t]) - log_z) for t in top]
+
+
 def sample(probs: np.ndarray, rng: np.random.Generator) -> int:
     # Inverse-CDF sampling: O(V) with one random number, much cheaper than rng.choice.
     cdf = np.cumsum(probs)

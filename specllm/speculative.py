@@ -33,7 +33,7 @@ from .drafting.lockstep import Lockstep
 from .errors import ContextFullError, DecodeError, PromptTooLongError
 from .llama import Context, KVSequence, Rows, common_prefix_length
 from .shared_prefix import take_shared_prefix, waits_for_shared_prefix
-from .sampling import DraftChooser, Sampler
+from .sampling import DraftChooser, Sampler, token_logprobs
 from .stats import SpecStats
 
 
@@ -42,6 +42,10 @@ class TokenEvent:
     token: int
     piece: bytes  # token bytes; a multi-byte character may be split across events
     from_draft: bool
+    # Asked for (Generation's logprobs): the target's log-probability of the token and its
+    # likeliest tokens with theirs (sampling.token_logprobs).
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] = ()
 
 
 class DraftPolicy(Protocol):
@@ -106,6 +110,7 @@ class Generation:
         sampler: Sampler,
         max_tokens: int | None,
         ignore_eos: bool = False,
+        logprobs: int | None = None,
     ):
         if not prompt:
             raise ValueError("empty prompt")
@@ -122,6 +127,7 @@ class Generation:
         self.max_tokens = max_tokens
         self.vocab = self.target.model.vocab
         self.eog_ids = list(self.vocab.eog_ids) if ignore_eos else []
+        self.logprobs = logprobs  # alternatives reported per token (None: no log-probabilities)
         self.history: list[int] = list(prompt)  # prompt + emitted; the target caches all but the last
         self.tokens: list[int] = []
         self.from_draft: list[bool] = []
@@ -211,14 +217,17 @@ class Generation:
         draft = plan.draft
         self._suppress_eog(logits_tgt)
         n_accepted, token_tgt = self.sampler.verify(logits_tgt, draft.tokens, draft.probs, len(self.tokens))
+        emitted = [(t, True) for t in draft.tokens[:n_accepted]] + [(token_tgt, False)]
+        # Row i of the verify decode is the target's distribution for emitted token i.
+        scored = ([token_logprobs(row, t, self.logprobs) for row, (t, _) in zip(logits_tgt, emitted)]
+                  if self.logprobs is not None else None)
         self.target.truncate(plan.n_cached + 1 + n_accepted)
         target_seconds += time.perf_counter() - start
 
         self.stats.draft_seconds += plan.draft_seconds
         self.stats.target_seconds += target_seconds
         self.policy.observe(draft, n_accepted, target_seconds)
-        emitted = [(t, True) for t in draft.tokens[:n_accepted]] + [(token_tgt, False)]
-        events = self._emit(emitted, draft, n_accepted)
+        events = self._emit(emitted, draft, n_accepted, scored)
         self.stats.decode_seconds = time.perf_counter() - self._decode_start
         return events
 
@@ -236,9 +245,10 @@ class Generation:
         if self.eog_ids:
             logits[:, self.eog_ids] = -np.inf
 
-    def _emit(self, emitted: list[tuple[int, bool]], draft: Draft, n_accepted: int) -> list[TokenEvent]:
+    def _emit(self, emitted: list[tuple[int, bool]], draft: Draft, n_accepted: int,
+              scored: list[tuple[float, list]] | None = None) -> list[TokenEvent]:
         events = []
-        for token, from_draft in emitted:
+        for i, (token, from_draft) in enumerate(emitted):
             if self.vocab.is_eog(token):
                 # End of generation, drafted or not: nothing after it stands.
                 self.finish_reason = "stop"
@@ -247,7 +257,8 @@ class Generation:
             self.history.append(token)
             self.tokens.append(token)
             self.from_draft.append(from_draft)
-            events.append(TokenEvent(token, self.vocab.piece(token), from_draft))
+            logprob, top = scored[i] if scored is not None else (None, ())
+            events.append(TokenEvent(token, self.vocab.piece(token), from_draft, logprob, tuple(top)))
         self.stats.record_round(draft.source, len(draft), n_accepted, len(events))
         if self.finish_reason is None and self.remaining <= 0:
             self.finish_reason = "length"

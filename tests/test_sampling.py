@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from specllm.sampling import (
+    token_logprobs,
     SamplingParams,
     accept_probability,
     filter_logits,
@@ -29,6 +30,19 @@ def test_softmax_matches_definition():
 def test_softmax_is_stable_for_huge_logits():
     probs = softmax(np.array([1000.0, 999.0]))
     np.testing.assert_allclose(probs, [1 / (1 + math.exp(-1)), 1 - 1 / (1 + math.exp(-1))])
+
+
+def test_token_logprobs_are_the_log_softmax_and_its_top_tokens_likeliest_first():
+    logits = np.array([2.0, -1.0, 3.5, -np.inf, 0.5], dtype=np.float32)
+    with np.errstate(divide="ignore"):  # log 0 for the -inf one
+        exact = np.log(softmax(logits.astype(np.float64)))
+    chosen, top = token_logprobs(logits, 4, 3)
+    assert chosen == pytest.approx(exact[4])
+    assert [t for t, _ in top] == [2, 0, 4]
+    assert [lp for _, lp in top] == pytest.approx([exact[2], exact[0], exact[4]])
+    # No more alternatives than possible tokens: the suppressed one (-inf) is never listed.
+    assert [t for t, _ in token_logprobs(logits, 2, 20)[1]] == [2, 0, 4, 1]
+    assert token_logprobs(logits, 2, 0) == (pytest.approx(exact[2]), [])
 
 
 def test_greedy_is_argmax():

@@ -220,6 +220,43 @@ def test_a_list_of_prompts_is_answered_prompt_by_prompt_n_choices_each(live):
     assert [c["text"] for c in by_ids["choices"]] == [a.choices[0].text for a in alone]
 
 
+def test_logprobs_are_the_targets_for_each_token_with_its_likeliest_alternatives(live, expected):
+    response = chat(live, logprobs=True, top_logprobs=3)
+    choice = response.choices[0]
+    entries = choice.logprobs.content
+    assert choice.message.content == expected["chat"]["text"]
+    assert len(entries) == response.usage.completion_tokens == N
+    assert b"".join(bytes(e.bytes) for e in entries).decode() == choice.message.content
+    for e in entries:
+        tops = [t.logprob for t in e.top_logprobs]
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True) and all(lp <= 0 for lp in tops)
+        # Greedy: every token is the target's likeliest.
+        assert e.token == e.top_logprobs[0].token and e.logprob == pytest.approx(tops[0])
+    # Streamed, the chunks carry the same entries, each with its text.
+    chunks = list(chat(live, logprobs=True, top_logprobs=3, stream=True))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [e.token for e in streamed] == [e.token for e in entries]
+    # (llama.cpp rounds a row a little differently in another batch: the drafts differ run to run)
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in entries], abs=1e-3)
+    assert chat(live).choices[0].logprobs is None  # not asked: none
+
+
+def test_completion_logprobs_have_offsets_and_end_with_a_stop_string(live, expected):
+    ref = expected["completion"]["text"]
+    response = complete(live, PROMPT, logprobs=2)
+    lp = response.choices[0].logprobs
+    assert "".join(lp.tokens) == response.choices[0].text == ref
+    assert len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == N
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(N)]
+    assert all(len(top) == 2 and max(top.values()) == pytest.approx(v) for top, v in zip(lp.top_logprobs, lp.token_logprobs))
+    # A stop string: only the tokens whose text begins before it.
+    stop = ref[len(ref) // 2: len(ref) // 2 + 4]
+    cut = complete(live, PROMPT, logprobs=0, stop=stop).choices[0]
+    assert cut.text == ref[: ref.index(stop)]
+    assert lp.tokens[: len(cut.logprobs.tokens)] == cut.logprobs.tokens
+    assert cut.logprobs.text_offset[-1] < len(cut.text) <= sum(len(t) for t in cut.logprobs.tokens)
+
+
 def test_raw_stream_is_server_sent_events_ending_with_done(live):
     body = {"prompt": PROMPT, "max_tokens": 4, "stream": True}
     with live.http.stream("POST", "/v1/completions", json=body) as response:
@@ -395,6 +432,8 @@ def test_a_disconnect_frees_its_slot_and_the_others_answer_as_alone(live, expect
     (b'{"messages": [{"role": "user", "content": "hi"}], "n": 17}', 400, "n must be between 1 and"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "n": 16}', 400, "do not fit this server"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "mode": "fast"}', 400, "mode"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}', 400, "top_logprobs needs logprobs"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "logprobs": true, "top_logprobs": 21}', 400, "top_logprobs"),
     (b'{"messages": []}', 400, "messages"),
     (b'{"messages": [{"role": "user", "content": "a\\ud800"}]}', 400, "surrogate"),
 ])

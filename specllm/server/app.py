@@ -34,9 +34,9 @@ from ..errors import ModelLoadError, UsageError
 from . import schemas
 from .guard import CLIENT_CLOSED, ApiError, Guard, api_error_response, http_error_response
 from .metrics import Metrics
-from .reply import Reply, engine_error
+from .reply import Answer, Reply, engine_error
 from .schemas import ChatBody, CompletionBody
-from .worker import DEFAULT_QUEUE_SIZE, EngineWorker, Job, Outcome, QueueFull, ShuttingDown
+from .worker import DEFAULT_QUEUE_SIZE, EngineWorker, Job, QueueFull, ShuttingDown
 
 log = logging.getLogger("specllm.server")
 
@@ -297,17 +297,19 @@ def choice_request(request: Request, index: int) -> Request:
     return replace(request, seed=(request.seed + index) % schemas.SEED_LIMIT)
 
 
-async def _whole_answer(job: Job) -> Optional[tuple[str, Outcome]]:
-    """One choice's text and outcome; None when the client went away."""
-    parts = []
+async def _whole_answer(job: Job) -> Optional[Answer]:
+    """One choice, whole; None when the client went away."""
+    parts, scored = [], []
     while True:
         kind, value = await job.messages.get()
         if kind == "start":
             continue
         if kind == "text":
             parts.append(value)
+        elif kind == "logprobs":
+            scored += value
         elif kind == "done":
-            return "".join(parts), value
+            return Answer("".join(parts), value, scored)
         elif kind == "gone":
             return None
         else:

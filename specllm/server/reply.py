@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import dataclass, field
 from typing import AsyncIterator, Optional
 
 from ..errors import SpecllmError, UsageError
@@ -49,24 +50,39 @@ class Reply:
         return schemas.usage(sum(o.prompt_tokens for o in firsts), sum(o.completion_tokens for o in outcomes),
                              sum(o.cached_tokens for o in firsts))
 
-    def whole(self, answers: list[tuple[str, Outcome]]) -> dict:
+    def _logprobs(self, entries: list[dict]) -> Optional[dict]:
+        """Tokens' log-probabilities (text.TokenScores' entries) as the API has them; None when
+        the request did not ask."""
+        if self.body.requested_logprobs() is None:
+            return None
+        if self.chat:
+            return {"content": [{"token": e["token"], "logprob": e["logprob"], "bytes": e["bytes"],
+                                 "top_logprobs": [{"token": t, "logprob": lp, "bytes": b} for t, b, lp in e["top"]]}
+                                for e in entries], "refusal": None}
+        return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+                "top_logprobs": [{t: lp for t, _, lp in e["top"]} for e in entries],
+                "text_offset": [e["offset"] for e in entries]}
+
+    def whole(self, answers: list[Answer]) -> dict:
         choices = []
-        for index, (text, outcome) in enumerate(answers):
+        for index, answer in enumerate(answers):
+            logprobs, finish = self._logprobs(answer.logprobs), answer.outcome.finish_reason
             if self.chat:
-                choices.append({"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                                "finish_reason": outcome.finish_reason})
+                choices.append({"index": index, "message": {"role": "assistant", "content": answer.text},
+                                "logprobs": logprobs, "finish_reason": finish})
             else:
-                choices.append({"index": index, "text": text, "logprobs": None, "finish_reason": outcome.finish_reason})
-        outcomes = [outcome for _, outcome in answers]
+                choices.append({"index": index, "text": answer.text, "logprobs": logprobs, "finish_reason": finish})
+        outcomes = [answer.outcome for answer in answers]
         return self._object("chat.completion" if self.chat else "text_completion", choices,
                             usage=self._usage(outcomes), speculative=schemas.speculative(pooled_stats(outcomes)))
 
-    def chunk(self, text: Optional[str], finish_reason: Optional[str] = None, index: int = 0, **extra: object) -> dict:
+    def chunk(self, text: Optional[str], finish_reason: Optional[str] = None, index: int = 0,
+              logprobs: Optional[dict] = None, **extra: object) -> dict:
         if self.chat:
             delta = {} if text is None else {"content": text}
-            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         else:
-            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
         return self._object("chat.completion.chunk" if self.chat else "text_completion", [choice], **extra)
 
     async def events(self, jobs: list[Job]) -> AsyncIterator[dict]:
@@ -82,13 +98,18 @@ class Reply:
                     first["choices"][0]["delta"]["role"] = "assistant"
                     yield _sse(first)
             outcomes: dict[int, Outcome] = {}
+            scored: dict[int, list[dict]] = {index: [] for index in range(len(jobs))}  # not yet sent
             while len(outcomes) < len(jobs):
                 index, kind, value = await merged.get()
-                if kind == "text":
-                    yield _sse(self.chunk(value, index=index))
+                if kind == "logprobs":
+                    scored[index] += value
+                elif kind == "text":
+                    yield _sse(self.chunk(value, index=index, logprobs=self._logprobs(scored[index])))
+                    scored[index] = []
                 elif kind == "done":
                     outcomes[index] = value
                     yield _sse(self.chunk(None, value.finish_reason, index=index,
+                                          logprobs=self._logprobs(scored[index]) if scored[index] else None,
                                           speculative=schemas.speculative(value.stats)))
                 else:
                     error = engine_error(value)
@@ -115,8 +136,18 @@ async def _forward(index: int, job: Job, merged: asyncio.Queue) -> None:
         if kind == "start":
             continue
         await merged.put((index, kind, value))
-        if kind != "text":
+        if kind not in ("text", "logprobs"):
             return
+
+
+@dataclass
+class Answer:
+    """One choice, whole: its text, how it ended, and its tokens' log-probabilities (entries of
+    text.TokenScores; empty when the request did not ask)."""
+
+    text: str
+    outcome: Outcome
+    logprobs: list[dict] = field(default_factory=list)
 
 
 def pooled_stats(outcomes: list[Outcome]) -> SpecStats:

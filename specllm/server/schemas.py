@@ -13,7 +13,7 @@ import uuid
 from dataclasses import replace
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..config import MAX_DRAFT, MODES
 from ..engine import Request
@@ -22,6 +22,7 @@ from ..stats import SpecStats
 Mode = Literal[MODES]  # type: ignore[valid-type]
 SEED_LIMIT = 1 << 63  # seeds are non-negative 64-bit integers
 MAX_STOP_STRINGS = 4  # as OpenAI: each stop string is searched for after every token
+MAX_TOP_LOGPROBS = 20  # as OpenAI's chat API: alternatives reported per token
 
 
 class Body(BaseModel):
@@ -68,6 +69,10 @@ class Body(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def requested_logprobs(self) -> Optional[int]:
+        """Alternatives to report per token with its log-probability (None: no log-probabilities)."""
+        return None
+
     def to_request(self, defaults: Request) -> Request:
         """The engine request: the server's defaults with this body's settings."""
         sampling = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "min_p": self.min_p}
@@ -82,6 +87,7 @@ class Body(BaseModel):
             mode=self.mode,
             k=self.k,
             stop=self.stop_strings(),
+            logprobs=self.requested_logprobs(),
         )
 
 
@@ -110,6 +116,17 @@ class Message(BaseModel):
 class ChatBody(Body):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: Optional[int] = Field(None, ge=0)  # OpenAI's newer name for max_tokens
+    logprobs: Optional[bool] = None
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> "ChatBody":
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    def requested_logprobs(self) -> Optional[int]:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def to_request(self, defaults: Request) -> Request:
         request = super().to_request(defaults)
@@ -128,6 +145,10 @@ PromptField = Union[str, list[str], list[int], list[list[int]]]
 class CompletionBody(Body):
     # One prompt (text or token ids), or several (texts or token-id lists): OpenAI's batch.
     prompt: PromptField
+    logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS)  # alternatives per token
+
+    def requested_logprobs(self) -> Optional[int]:
+        return self.logprobs
 
     @field_validator("prompt")
     @classmethod

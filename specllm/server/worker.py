@@ -3,12 +3,13 @@
 Each request is a Job. It waits in a bounded queue until a slot is free, then generates in
 that slot, every slot's rows in one shared decode per round. Each job reports to the event
 loop that submitted it through an asyncio queue of messages: ("start", None) once it holds a
-slot (a streamed reply begins then: an error before it is still an HTTP status), then ("text", str)...,
-then ("done", Outcome) or ("error", SpecllmError). The Outcome's cached_tokens is the count
-`usage` reports: the prompt tokens the slot's cache held, and those taken from another slot's
-cells while the prompt waited (shared_prefix.py). A job whose client
-went away is withdrawn: dropped from the queue, or, when generating, dropped from its slot
-before the next round (so its slot is free within one round).
+slot (a streamed reply begins then: an error before it is still an HTTP status), then
+("text", str)..., each after ("logprobs", entries) for its tokens when the request asks for
+log-probabilities (text.TokenScores), then ("done", Outcome) or ("error", SpecllmError). The
+Outcome's cached_tokens is the count `usage` reports: the prompt tokens the slot's cache held,
+and those taken from another slot's cells while the prompt waited (shared_prefix.py). A job
+whose client went away is withdrawn: dropped from the queue, or, when generating, dropped from
+its slot before the next round (so its slot is free within one round).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ..engine import Engine, Request
 from ..errors import SpecllmError
 from ..stats import SpecStats
 from .metrics import Metrics
-from .text import ResponseText
+from .text import ResponseText, TokenScores
 
 log = logging.getLogger("specllm.server")
 
@@ -80,6 +81,7 @@ class Running:
     job: Job
     active: Active
     text: ResponseText
+    scores: Optional[TokenScores] = None  # its tokens' log-probabilities, when the request asks
     started: float = field(default_factory=time.perf_counter)
     n_tokens: int = 0
 
@@ -203,7 +205,8 @@ class EngineWorker:
             job.send("error", e)
             return
         job.send("start", None)
-        self._running[active.slot] = Running(job, active, ResponseText(job.request.stop))
+        scores = TokenScores(self.engine.target_model.vocab) if job.request.logprobs is not None else None
+        self._running[active.slot] = Running(job, active, ResponseText(job.request.stop), scores)
 
     def _round(self) -> None:
         try:
@@ -220,9 +223,11 @@ class EngineWorker:
             text = running.text
             for event in events:
                 running.n_tokens += 1
+                if running.scores is not None:
+                    running.scores.add(text.decoded_length, event)
                 released = text.feed(event.piece)
                 if released:
-                    running.job.send("text", released)
+                    self._send_text(running, released, text.released_length)
                 if text.stopped:
                     break
             if text.stopped:
@@ -230,9 +235,19 @@ class EngineWorker:
                 self._finish(running, "stop")
             elif active.finished:
                 tail = text.finish()
-                if tail:
-                    running.job.send("text", tail)
+                if tail or running.scores is not None:
+                    self._send_text(running, tail, None)
                 self._finish(running, "stop" if text.stopped else (active.generation.finish_reason or "stop"))
+
+    @staticmethod
+    def _send_text(running: Running, text: str, released_length: Optional[int]) -> None:
+        """Released text, after the log-probabilities of its tokens (when asked for)."""
+        if running.scores is not None:
+            entries = running.scores.release(released_length)
+            if entries:
+                running.job.send("logprobs", entries)
+        if text:
+            running.job.send("text", text)
 
     def _finish(self, running: Running, finish: str, failure: Optional[BaseException] = None) -> None:
         job, generation = running.job, running.active.generation
