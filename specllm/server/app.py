@@ -273,7 +273,7 @@ async def answer(state: ServerState, http: HttpRequest, body: schemas.Body, requ
         if body.stream:
             watcher.cancel()  # from here on sse-starlette watches the connection
             handed_over = True
-            return EventSourceResponse(reply.events(jobs), ping=SSE_PING_SECONDS, sep="\n",
+            return EventSourceResponse(reply.events(jobs, state.worker.withdraw), ping=SSE_PING_SECONDS, sep="\n",
                                        shutdown_event=anyio.Event(), shutdown_grace_period=SSE_SHUTDOWN_GRACE_SECONDS)
         answers = []
         for job in jobs:  # they generate side by side; their messages wait in their queues

@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Optional
+from typing import AsyncIterator, Callable, Optional
 
 from ..errors import SpecllmError, UsageError
 from ..stats import SpecStats
@@ -85,7 +85,7 @@ class Reply:
             choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
         return self._object("chat.completion.chunk" if self.chat else "text_completion", [choice], **extra)
 
-    async def events(self, jobs: list[Job]) -> AsyncIterator[dict]:
+    async def events(self, jobs: list[Job], withdraw: Callable[[Job], None]) -> AsyncIterator[dict]:
         """Server-sent events: each choice's text as it is released (chunks say which choice by
         their index), a last chunk per choice with its finish reason and specllm's statistics,
         usage when stream_options asks for it, then [DONE]."""
@@ -126,7 +126,7 @@ class Reply:
             for forwarder in forwarders:
                 forwarder.cancel()
             for job in jobs:
-                job.cancelled.set()  # the client left, or the stream is over: the generation ends
+                withdraw(job)  # the client left, or the stream is over: generating or queued, it ends
 
 
 async def _forward(index: int, job: Job, merged: asyncio.Queue) -> None:
