@@ -217,17 +217,14 @@ class Generation:
         draft = plan.draft
         self._suppress_eog(logits_tgt)
         n_accepted, token_tgt = self.sampler.verify(logits_tgt, draft.tokens, draft.probs, len(self.tokens))
-        emitted = [(t, True) for t in draft.tokens[:n_accepted]] + [(token_tgt, False)]
-        # Row i of the verify decode is the target's distribution for emitted token i.
-        scored = ([token_logprobs(row, t, self.logprobs) for row, (t, _) in zip(logits_tgt, emitted)]
-                  if self.logprobs is not None else None)
         self.target.truncate(plan.n_cached + 1 + n_accepted)
         target_seconds += time.perf_counter() - start
 
         self.stats.draft_seconds += plan.draft_seconds
         self.stats.target_seconds += target_seconds
         self.policy.observe(draft, n_accepted, target_seconds)
-        events = self._emit(emitted, draft, n_accepted, scored)
+        emitted = [(t, True) for t in draft.tokens[:n_accepted]] + [(token_tgt, False)]
+        events = self._emit(emitted, draft, n_accepted, logits_tgt)
         self.stats.decode_seconds = time.perf_counter() - self._decode_start
         return events
 
@@ -246,7 +243,10 @@ class Generation:
             logits[:, self.eog_ids] = -np.inf
 
     def _emit(self, emitted: list[tuple[int, bool]], draft: Draft, n_accepted: int,
-              scored: list[tuple[float, list]] | None = None) -> list[TokenEvent]:
+              logits: np.ndarray | None = None) -> list[TokenEvent]:
+        """The round's tokens as events, up to an end of generation. With log-probabilities asked
+        for, row i of `logits` (the verify decode's) is the target's distribution for token i:
+        scored here, after the round's timing, so that auto's costs never include it."""
         events = []
         for i, (token, from_draft) in enumerate(emitted):
             if self.vocab.is_eog(token):
@@ -257,7 +257,8 @@ class Generation:
             self.history.append(token)
             self.tokens.append(token)
             self.from_draft.append(from_draft)
-            logprob, top = scored[i] if scored is not None else (None, ())
+            logprob, top = (token_logprobs(logits[i], token, self.logprobs)
+                            if self.logprobs is not None and logits is not None else (None, ()))
             events.append(TokenEvent(token, self.vocab.piece(token), from_draft, logprob, tuple(top)))
         self.stats.record_round(draft.source, len(draft), n_accepted, len(events))
         if self.finish_reason is None and self.remaining <= 0:
