@@ -67,14 +67,19 @@ class SpecStats:
         self.target_seconds += other.target_seconds
         self.draft_seconds += other.draft_seconds
 
+    def counts_by_source(self) -> dict[str, tuple[int, int, int]]:
+        """(rounds, drafted, accepted) of each drafter's rounds: exact even when auto mode mixes
+        drafters within one generation, since every round is recorded with its source."""
+        counts: dict[str, tuple[int, int, int]] = {}
+        for (source, n_drafted, n_accepted, _), count in self.round_shapes.items():
+            rounds, drafted, accepted = counts.get(source, (0, 0, 0))
+            counts[source] = (rounds + count, drafted + count * n_drafted, accepted + count * n_accepted)
+        return counts
+
     def drafted_by(self, sources: tuple[str, ...]) -> tuple[int, int]:
         """Tokens drafted and accepted in the rounds of the given drafters."""
-        drafted = accepted = 0
-        for (source, n_drafted, n_accepted, _), count in self.round_shapes.items():
-            if source in sources:
-                drafted += count * n_drafted
-                accepted += count * n_accepted
-        return drafted, accepted
+        counts = [c for source, c in self.counts_by_source().items() if source in sources]
+        return sum(c[1] for c in counts), sum(c[2] for c in counts)
 
     @property
     def acceptance_rate(self) -> float:

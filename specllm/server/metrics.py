@@ -39,18 +39,6 @@ BATCH_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 KNOWN_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
 
 
-def counts_by_source(stats: SpecStats) -> tuple[Counter, Counter, Counter]:
-    """A generation's rounds, drafted and accepted tokens, by drafter source. Each round is
-    recorded with its source (SpecStats.round_shapes), so the split is exact even when auto
-    mode mixes lookups and a draft model within one generation."""
-    rounds, drafted, accepted = Counter(), Counter(), Counter()
-    for (source, n_drafted, n_accepted, _), count in stats.round_shapes.items():
-        rounds[source] += count
-        drafted[source] += count * n_drafted
-        accepted[source] += count * n_accepted
-    return rounds, drafted, accepted
-
-
 class Metrics:
     """Thread-safe: the engine's worker thread and the event loop both write."""
 
@@ -85,18 +73,13 @@ class Metrics:
             c["specllm_generated_tokens_total"][()] += completion_tokens
             if stats is None:
                 return
-            rounds, drafted, accepted = counts_by_source(stats)
-            for source, n in rounds.items():
-                c["specllm_rounds_total"][(("source", source),)] += n
-            for source, n in drafted.items():
-                c["specllm_drafted_tokens_total"][(("source", source),)] += n
-            for source, n in accepted.items():
-                c["specllm_accepted_tokens_total"][(("source", source),)] += n
-            if slot is not None:
-                for source, n in drafted.items():
-                    c["specllm_slot_drafted_tokens_total"][(("slot", str(slot)), ("source", source))] += n
-                for source, n in accepted.items():
-                    c["specllm_slot_accepted_tokens_total"][(("slot", str(slot)), ("source", source))] += n
+            for source, (rounds, drafted, accepted) in stats.counts_by_source().items():
+                c["specllm_rounds_total"][(("source", source),)] += rounds
+                c["specllm_drafted_tokens_total"][(("source", source),)] += drafted
+                c["specllm_accepted_tokens_total"][(("source", source),)] += accepted
+                if slot is not None:
+                    c["specllm_slot_drafted_tokens_total"][(("slot", str(slot)), ("source", source))] += drafted
+                    c["specllm_slot_accepted_tokens_total"][(("slot", str(slot)), ("source", source))] += accepted
             c["specllm_prompt_seconds_total"][()] += stats.prompt_seconds
             c["specllm_decode_seconds_total"][()] += stats.decode_seconds
 
